@@ -1,0 +1,92 @@
+"""Transformer building blocks shared by the encoder and both predictors.
+
+Parameter names follow V-JEPA 2's release (``norm1``, ``attn.qkv``, ``attn.proj``,
+``norm2``, ``mlp.fc1``, ``mlp.fc2``) so official state dicts map 1:1.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa_world.models.rope import RopeTables, apply_rope
+
+LAYER_NORM_EPS = 1e-6
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through ``scaled_dot_product_attention`` with optional RoPE.
+
+    ``project_qkv`` and ``attend`` are exposed separately so that callers with a KV
+    cache (the action-conditioned predictor) can reuse cached keys/values.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def project_qkv(self, x: Tensor, rope: RopeTables | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        batch, n_tokens, _ = x.shape
+        qkv = self.qkv(x).reshape(batch, n_tokens, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, hd)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        return q, k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Nq, hd)
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, Nq, D)
+
+    def forward(self, x: Tensor, rope: RopeTables | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        q, k, v = self.project_qkv(x, rope)
+        return self.attend(q, k, v, attn_mask)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden_dim: int, qkv_bias: bool = True):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.attn = Attention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
+        self.mlp = Mlp(dim, mlp_hidden_dim)
+
+    def forward(self, x: Tensor, rope: RopeTables | None = None, attn_mask: Tensor | None = None) -> Tensor:
+        x = x + self.attn(self.norm1(x), rope, attn_mask)
+        return x + self.mlp(self.norm2(x))
+
+
+def init_transformer_weights(module: nn.Module, std: float = 0.02) -> None:
+    """Truncated-normal linear weights, zero biases, unit LayerNorm (V-JEPA 2 / timm default)."""
+    if isinstance(module, nn.Linear):
+        nn.init.trunc_normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def rescale_block_residuals(blocks: nn.ModuleList) -> None:
+    """Scale each block's output projections by 1/sqrt(2*layer), as V-JEPA does, for stable depth."""
+    for layer_index, block in enumerate(blocks, start=1):
+        with torch.no_grad():
+            block.attn.proj.weight.div_((2.0 * layer_index) ** 0.5)
+            block.mlp.fc2.weight.div_((2.0 * layer_index) ** 0.5)
