@@ -1,0 +1,309 @@
+"""Action-conditioned latent predictor (V-JEPA 2-AC style) with a KV cache.
+
+Per time step t the token sequence is ``[action_t, state_t, frame tokens_t]`` (the
+state token is dropped when ``state_dim == 0``). Attention is block-causal over steps:
+full inside a step, causal across steps. Action/state tokens get a RoPE rotation on
+the time segment only; frame tokens get the full 3-D (t, h, w) rotation. The output
+of frame t's tokens predicts the tokens of frame t+1; action/state outputs are dropped.
+
+Parameter names follow the official ``VisionTransformerPredictorAC`` (``predictor_embed``,
+``action_encoder``, ``state_encoder``, ``extrinsics_encoder``, ``predictor_blocks.N.*``,
+``predictor_norm``, ``predictor_proj``) so released state dicts load strictly through
+``load_official_state_dict``.
+
+Memory: the block-causal mask is built per call from step ids for the T actually fed,
+(L, L) bool with L = T * tokens_per_step, never a prebuilt 512-frame mask. Decoding with
+``KVCache`` needs no mask at all: a new step attends to every cached step and itself.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa_world.models.layers import LAYER_NORM_EPS, Block, init_transformer_weights, rescale_block_residuals
+from jepa_world.models.rope import ROPE_LAYOUTS, RopeTables, grid_positions, rope_tables
+
+log = logging.getLogger(__name__)
+
+# Named widths (dim, depth, num_heads). "vjepa2-ac" is the released 300M predictor.
+AC_PREDICTOR_SIZES: dict[str, tuple[int, int, int]] = {
+    "micro": (96, 2, 4),
+    "tiny": (192, 6, 6),
+    "small": (384, 12, 12),
+    "vjepa2-ac": (1024, 24, 16),
+}
+
+# Prefixes that wrap the predictor's keys in official / DDP checkpoints.
+OFFICIAL_KEY_PREFIXES: tuple[str, ...] = ("module.", "predictor.", "backbone.")
+
+
+@dataclass
+class ACPredictorConfig:
+    encoder_dim: int = 192  # width of the (frozen) encoder tokens fed in and predicted
+    action_dim: int = 3
+    state_dim: int = 0  # 0 disables the state token
+    grid_hw: tuple[int, int] = (8, 8)  # frame token grid actually fed (after any pooling)
+    size: str | None = None  # fills dim/depth/num_heads from AC_PREDICTOR_SIZES when given
+    dim: int = 192
+    depth: int = 6
+    num_heads: int = 6
+    mlp_ratio: float = 4.0
+    rope_layout: str = "official"
+    # Spatial RoPE positions are snapped to this grid (official: img_size // patch_size) so a
+    # pooled 4x4 grid keeps the positions of the 8x8 grid it came from. None: grid_hw.
+    rope_grid_hw: tuple[int, int] | None = None
+    # The official predictor owns an extrinsics projection (Linear(action_dim - 1 -> dim)) even
+    # when extrinsics are not fed; set 6 to load released weights strictly. It is never used.
+    extrinsics_dim: int = 0
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.grid_hw = tuple(int(v) for v in self.grid_hw)
+        if self.rope_grid_hw is not None:
+            self.rope_grid_hw = tuple(int(v) for v in self.rope_grid_hw)
+        if self.size is not None:
+            if self.size not in AC_PREDICTOR_SIZES:
+                raise ValueError(f"unknown predictor size {self.size!r}; expected one of {sorted(AC_PREDICTOR_SIZES)}")
+            self.dim, self.depth, self.num_heads = AC_PREDICTOR_SIZES[self.size]
+        for name in ("encoder_dim", "action_dim", "dim", "depth", "num_heads"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ACPredictorConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.state_dim < 0 or self.extrinsics_dim < 0:
+            raise ValueError(f"state_dim/extrinsics_dim must be >= 0, got {self.state_dim}/{self.extrinsics_dim}")
+        if len(self.grid_hw) != 2 or min(self.grid_hw) <= 0:
+            raise ValueError(f"grid_hw must be two positive ints, got {self.grid_hw}")
+        if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
+            raise ValueError(f"dim {self.dim} must split into num_heads {self.num_heads} heads of even width")
+        if self.rope_layout not in ROPE_LAYOUTS:
+            raise ValueError(f"unknown rope_layout {self.rope_layout!r}; expected one of {ROPE_LAYOUTS}")
+
+    @property
+    def cond_tokens(self) -> int:
+        """Action (+ state) tokens at the start of each step."""
+        return 1 + (self.state_dim > 0)
+
+    @property
+    def frame_tokens(self) -> int:
+        return self.grid_hw[0] * self.grid_hw[1]
+
+    @property
+    def step_tokens(self) -> int:
+        return self.cond_tokens + self.frame_tokens
+
+
+class KVCache:
+    """Per-layer keys/values of the steps decoded so far, in preallocated buffers.
+
+    Buffers are (B, heads, capacity, head_dim); ``length`` tokens are valid. A prefix
+    computed at batch 1 can be broadcast into a larger batch with ``expand_batch``.
+    """
+
+    def __init__(self, keys: list[Tensor], values: list[Tensor], length: int = 0, steps: int = 0):
+        self.keys, self.values, self.length, self.steps = keys, values, length, steps
+
+    @classmethod
+    def allocate(cls, depth: int, batch: int, heads: int, capacity: int, head_dim: int, like: Tensor) -> KVCache:
+        def buffer() -> Tensor:
+            return like.new_empty(batch, heads, capacity, head_dim)
+
+        return cls([buffer() for _ in range(depth)], [buffer() for _ in range(depth)])
+
+    @property
+    def batch(self) -> int:
+        return self.keys[0].shape[0]
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def expand_batch(self, batch: int, capacity: int) -> KVCache:
+        """A cache for ``batch`` samples that starts from this (batch-1) prefix; one copy per layer."""
+        if self.batch != 1:
+            raise ValueError(f"only a batch-1 cache can be expanded, this one has batch {self.batch}")
+        out = KVCache.allocate(len(self.keys), batch, self.keys[0].shape[1], capacity, self.keys[0].shape[3], self.keys[0])
+        for dst, src in zip(out.keys + out.values, self.keys + self.values):
+            dst[:, :, : self.length].copy_(src[:, :, : self.length].expand(batch, -1, -1, -1))
+        out.length, out.steps = self.length, self.steps
+        return out
+
+
+class ACPredictor(nn.Module):
+    def __init__(self, config: ACPredictorConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.predictor_embed = nn.Linear(c.encoder_dim, c.dim)
+        self.action_encoder = nn.Linear(c.action_dim, c.dim)
+        self.state_encoder = nn.Linear(c.state_dim, c.dim) if c.state_dim else None
+        self.extrinsics_encoder = nn.Linear(c.extrinsics_dim, c.dim) if c.extrinsics_dim else None
+        hidden = int(c.dim * c.mlp_ratio)
+        self.predictor_blocks = nn.ModuleList([Block(c.dim, c.num_heads, hidden) for _ in range(c.depth)])
+        self.predictor_norm = nn.LayerNorm(c.dim, eps=LAYER_NORM_EPS)
+        self.predictor_proj = nn.Linear(c.dim, c.encoder_dim)
+        self.apply(lambda m: init_transformer_weights(m, c.init_std))
+        rescale_block_residuals(self.predictor_blocks)
+        self._step_template = self._build_step_template()
+
+    @property
+    def head_dim(self) -> int:
+        return self.config.dim // self.config.num_heads
+
+    # ------------------------------------------------------------------ positions
+    def _build_step_template(self) -> tuple[Tensor, Tensor]:
+        """Positions (step_tokens, 3) and RoPE axis mask for one step at time 0."""
+        c = self.config
+        h, w = c.grid_hw
+        rope_h, rope_w = c.rope_grid_hw or c.grid_hw
+        frame = grid_positions(1, h, w).to(torch.float32)
+        frame[:, 1] *= rope_h / h
+        frame[:, 2] *= rope_w / w
+        positions = torch.cat([torch.zeros(c.cond_tokens, 3), frame])  # (n, 3)
+        axis_mask = torch.ones(c.step_tokens, 3, dtype=torch.bool)
+        axis_mask[: c.cond_tokens, 1:] = False  # action/state tokens: time only
+        return positions, axis_mask
+
+    def rope_for_steps(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables:
+        """RoPE tables for steps ``first_step .. first_step + num_steps - 1`` -> (1, 1, num_steps*n, hd)."""
+        positions, axis_mask = self._step_template
+        steps = torch.arange(first_step, first_step + num_steps, dtype=torch.float32)
+        pos = positions.unsqueeze(0).repeat(num_steps, 1, 1)  # (T, n, 3)
+        pos[..., 0] = steps[:, None]
+        pos = pos.flatten(0, 1).to(device)
+        mask = axis_mask.repeat(num_steps, 1).to(device)
+        return rope_tables(pos, self.head_dim, self.config.rope_layout, axis_mask=mask)
+
+    def block_causal_mask(self, num_steps: int, device: torch.device) -> Tensor:
+        """(L, L) bool, True where attention is allowed: same or earlier step."""
+        step_ids = torch.arange(num_steps, device=device).repeat_interleave(self.config.step_tokens)
+        return step_ids[:, None] >= step_ids[None, :]
+
+    # ------------------------------------------------------------------ tokens
+    def check_inputs(self, z: Tensor, actions: Tensor, states: Tensor | None) -> None:
+        c = self.config
+        if z.dim() != 4 or z.shape[2:] != (c.frame_tokens, c.encoder_dim):
+            raise ValueError(
+                f"frame tokens must be (B, T, {c.frame_tokens}, {c.encoder_dim}) for grid {c.grid_hw}, "
+                f"got {tuple(z.shape)}"
+            )
+        if actions.dim() != 3 or actions.shape[-1] != c.action_dim:
+            raise ValueError(f"actions must be (B, T, action_dim={c.action_dim}), got {tuple(actions.shape)}")
+        if actions.shape[:2] != z.shape[:2]:
+            raise ValueError(f"actions {tuple(actions.shape)} and frame tokens {tuple(z.shape)} disagree on (B, T)")
+        if c.state_dim:
+            if states is None:
+                raise ValueError(f"this predictor has state_dim={c.state_dim}; pass states (B, T, {c.state_dim})")
+            if states.dim() != 3 or states.shape[-1] != c.state_dim or states.shape[:2] != z.shape[:2]:
+                raise ValueError(
+                    f"states must be (B, T, state_dim={c.state_dim}) matching frames {tuple(z.shape[:2])}, "
+                    f"got {tuple(states.shape)}"
+                )
+
+    def embed_steps(self, z: Tensor, actions: Tensor, states: Tensor | None) -> Tensor:
+        """(B,T,N,De), (B,T,A), (B,T,S) -> interleaved tokens (B, T*n, D)."""
+        tokens = [self.action_encoder(actions).unsqueeze(2)]  # (B, T, 1, D)
+        if self.state_encoder is not None:
+            tokens.append(self.state_encoder(states).unsqueeze(2))
+        tokens.append(self.predictor_embed(z))  # (B, T, N, D)
+        return torch.cat(tokens, dim=2).flatten(1, 2)
+
+    def read_out(self, x: Tensor, num_steps: int) -> Tensor:
+        """Drop action/state outputs and project back: (B, T*n, D) -> (B, T, N, De)."""
+        x = x.unflatten(1, (num_steps, self.config.step_tokens))[:, :, self.config.cond_tokens :]
+        return self.predictor_proj(self.predictor_norm(x))
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, z: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
+        """Teacher-forced prediction. (B,T,N,De), (B,T,A), (B,T,S) -> (B,T,N,De); output t predicts t+1."""
+        self.check_inputs(z, actions, states)
+        num_steps = z.shape[1]
+        x = self.embed_steps(z, actions, states)
+        rope = self.rope_for_steps(0, num_steps, x.device)
+        mask = self.block_causal_mask(num_steps, x.device) if num_steps > 1 else None
+        for block in self.predictor_blocks:
+            x = block(x, rope, mask)
+        return self.read_out(x, num_steps)
+
+    def new_cache(self, batch: int, max_steps: int, like: Tensor) -> KVCache:
+        c = self.config
+        return KVCache.allocate(c.depth, batch, c.num_heads, max_steps * c.step_tokens, self.head_dim, like)
+
+    def forward_cached(self, z: Tensor, actions: Tensor, states: Tensor | None, cache: KVCache) -> Tensor:
+        """Append T new steps to ``cache`` and predict from them: (B,T,N,De) ... -> (B,T,N,De).
+
+        The new steps attend to every cached step (block-causal among themselves), so running
+        steps one at a time through a cache equals ``forward`` on the whole sequence.
+        """
+        self.check_inputs(z, actions, states)
+        num_steps = z.shape[1]
+        if cache.batch != z.shape[0]:
+            raise ValueError(f"cache batch {cache.batch} != input batch {z.shape[0]}")
+        n_new = num_steps * self.config.step_tokens
+        start, end = cache.length, cache.length + n_new
+        if end > cache.capacity:
+            raise ValueError(f"KV cache holds {cache.capacity} tokens, {end} needed; allocate more steps")
+        x = self.embed_steps(z, actions, states)
+        rope = self.rope_for_steps(cache.steps, num_steps, x.device)
+        mask = None
+        if num_steps > 1:  # new steps see all cached tokens plus earlier/same new steps
+            causal = self.block_causal_mask(num_steps, x.device)
+            mask = torch.cat([causal.new_ones(n_new, start), causal], dim=1)
+        for block, k_buf, v_buf in zip(self.predictor_blocks, cache.keys, cache.values):
+            q, k, v = block.attn.project_qkv(block.norm1(x), rope)  # (B, H, n_new, hd)
+            k_buf[:, :, start:end] = k
+            v_buf[:, :, start:end] = v
+            x = x + block.attn.attend(q, k_buf[:, :, :end], v_buf[:, :, :end], mask)
+            x = x + block.mlp(block.norm2(x))
+        cache.length, cache.steps = end, cache.steps + num_steps
+        return self.read_out(x, num_steps)
+
+
+def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:
+    """Remove wrapper prefixes (``module.``, ``predictor.``, ``backbone.``) from every key."""
+    out = {}
+    for key, value in state_dict.items():
+        stripped = True
+        while stripped:
+            stripped = False
+            for prefix in prefixes:
+                if key.startswith(prefix):
+                    key, stripped = key[len(prefix) :], True
+        out[key] = value
+    return out
+
+
+def load_official_state_dict(model: ACPredictor, state_dict: Mapping[str, Tensor], source: str = "state dict") -> None:
+    """Strictly load an official-layout AC predictor state dict (optionally ``module.``-prefixed).
+
+    Raises ValueError naming the missing/unexpected keys or the first shape mismatch; a wrong
+    action width is reported as such because it is the most common cause.
+    """
+    weights = strip_prefixes(state_dict)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{source}: keys do not match the AC predictor layout; missing {missing[:8]}"
+            f"{' ...' if len(missing) > 8 else ''}, unexpected {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+        )
+    for key, tensor in weights.items():
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            if key == "action_encoder.weight":
+                raise ValueError(
+                    f"{source}: action dimension mismatch: checkpoint {key} has action_dim={tensor.shape[1]}, "
+                    f"model expects action_dim={model.config.action_dim}"
+                )
+            raise ValueError(
+                f"{source}: shape mismatch for {key}: checkpoint {tuple(tensor.shape)}, model {tuple(expected[key].shape)}"
+            )
+    model.load_state_dict(weights, strict=True)
+
+
+def layer_norm_tokens(z: Tensor) -> Tensor:
+    """Parameter-free layer norm over the channel dim (the V-JEPA target normalisation)."""
+    return F.layer_norm(z, (z.shape[-1],))

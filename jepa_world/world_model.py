@@ -1,0 +1,366 @@
+"""World-model API: a frozen encoder plus an action-conditioned predictor.
+
+The verbs planners and users call::
+
+    wm = WorldModel.from_pretrained(dir)
+    z = wm.encode(frames)                          # (B,3,H,W) or (B,H,W,3) -> (B, N, D)
+    z_next = wm.predict(z_hist, actions, states)   # teacher-forced, step t predicts t+1
+    z_future = wm.rollout(z0, state0, actions)     # (S, H, N, D), KV-cached
+    wm.save_pretrained(dir)
+
+Latent space. ``encode`` feeds each frame as a ``tubelet_size``-frame clip of the repeated
+image (as V-JEPA 2 does), optionally average-pools the token grid by ``latent_pool``
+(planning cost scales with tokens per frame), then applies a parameter-free layer norm
+over channels (``normalize_latents``). Predictions are layer-normed the same way, so
+predicted and encoded latents live in one space and an L1 distance between them is the
+V-JEPA 2-AC planning energy.
+
+Pixels. uint8 frames are scaled to [0, 1] and normalised with ``pixel_mean``/``pixel_std``
+(ImageNet statistics by default, as V-JEPA 2). Float frames are taken as already normalised.
+
+States during rollout. The robot state is not observed in imagination, so it is advanced
+by a rule: ``state_update="integrate"`` adds action dim i to state dim
+``integrated_state_dims[i]`` (displacement actions moving the end-effector part of the
+state, as in V-JEPA 2-AC); ``"hold"`` keeps the initial state. Predictors with
+``state_dim == 0`` need no states at all.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig, KVCache, layer_norm_tokens
+from jepa_world.models.vit import ViTConfig, VisionTransformer
+from jepa_world.training.checkpoint import CheckpointError, load_modules, module_tensors, read_config, save_checkpoint
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
+CONFIG_SECTIONS: tuple[str, ...] = ("encoder", "predictor", "world_model")
+
+
+@dataclass
+class WorldModelConfig:
+    latent_pool: int = 1  # average-pool the encoder's token grid by this factor per side
+    normalize_latents: bool = True  # parameter-free layer norm on encoded and predicted tokens
+    pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
+    pixel_std: tuple[float, float, float] = IMAGENET_STD
+    state_update: str = "integrate"
+    integrated_state_dims: tuple[int, ...] = ()  # state dim moved by action dim i; () -> state held
+    rollout_chunk: int = 0  # run rollout samples in chunks of this size (0: all at once)
+
+    def __post_init__(self) -> None:
+        self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
+        self.pixel_std = tuple(float(v) for v in self.pixel_std)
+        self.integrated_state_dims = tuple(int(v) for v in self.integrated_state_dims)
+        if self.latent_pool < 1:
+            raise ValueError(f"WorldModelConfig.latent_pool must be >= 1, got {self.latent_pool}")
+        if self.state_update not in STATE_UPDATES:
+            raise ValueError(f"WorldModelConfig.state_update={self.state_update!r}; expected one of {STATE_UPDATES}")
+        if len(self.pixel_mean) != 3 or len(self.pixel_std) != 3 or min(self.pixel_std) <= 0:
+            raise ValueError(f"pixel_mean/pixel_std must be 3 values (std > 0), got {self.pixel_mean}/{self.pixel_std}")
+        if self.rollout_chunk < 0:
+            raise ValueError(f"WorldModelConfig.rollout_chunk must be >= 0, got {self.rollout_chunk}")
+
+
+def _dataclass_from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; valid fields: {sorted(known)}")
+    return cls(**values)
+
+
+class WorldModel(nn.Module):
+    def __init__(self, encoder: VisionTransformer, predictor: ACPredictor, config: WorldModelConfig | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        self.config = config or WorldModelConfig()
+        c, pc = self.config, predictor.config
+        if pc.encoder_dim != encoder.embed_dim:
+            raise ValueError(f"predictor encoder_dim={pc.encoder_dim} but the encoder's embed_dim is {encoder.embed_dim}")
+        if c.integrated_state_dims and c.state_update == "integrate":
+            if len(c.integrated_state_dims) > pc.action_dim:
+                raise ValueError(
+                    f"integrated_state_dims {c.integrated_state_dims} lists more dims than action_dim={pc.action_dim}"
+                )
+            if pc.state_dim == 0 or max(c.integrated_state_dims) >= pc.state_dim or min(c.integrated_state_dims) < 0:
+                raise ValueError(
+                    f"integrated_state_dims {c.integrated_state_dims} must index a state of dim {pc.state_dim}"
+                )
+        self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1), persistent=False)
+        self.encoder.requires_grad_(False)
+        self.encoder.eval()
+
+    @classmethod
+    def create(
+        cls,
+        encoder: VisionTransformer,
+        action_dim: int,
+        state_dim: int = 0,
+        config: WorldModelConfig | None = None,
+        img_size: int | None = None,
+        **predictor_fields: Any,
+    ) -> WorldModel:
+        """Build a fresh predictor sized for ``encoder`` at ``img_size`` (default: the encoder's)."""
+        config = config or WorldModelConfig()
+        img_size = img_size or encoder.cfg.img_size
+        grid = img_size // encoder.cfg.patch_size
+        if img_size % encoder.cfg.patch_size or grid % config.latent_pool:
+            raise ValueError(
+                f"img_size {img_size} / patch_size {encoder.cfg.patch_size} = grid {grid} must divide by "
+                f"latent_pool {config.latent_pool}"
+            )
+        pooled = grid // config.latent_pool
+        predictor_config = ACPredictorConfig(
+            encoder_dim=encoder.embed_dim,
+            action_dim=action_dim,
+            state_dim=state_dim,
+            grid_hw=(pooled, pooled),
+            rope_grid_hw=(grid, grid),
+            **predictor_fields,
+        )
+        return cls(encoder, ACPredictor(predictor_config), config)
+
+    # ------------------------------------------------------------------ encode
+    def train(self, mode: bool = True) -> WorldModel:
+        super().train(mode)
+        self.encoder.eval()  # frozen: never in training mode
+        return self
+
+    def normalize_pixels(self, frames: Tensor) -> Tensor:
+        """(B,3,H,W) or (B,H,W,3) uint8, or normalised float (B,3,H,W) -> normalised float (B,3,H,W)."""
+        if frames.dim() != 4:
+            raise ValueError(f"frames must be a batch (B,3,H,W) or (B,H,W,3), got shape {tuple(frames.shape)}")
+        if frames.dtype == torch.uint8:
+            if frames.shape[1] != 3 and frames.shape[-1] == 3:
+                frames = frames.permute(0, 3, 1, 2)
+            x = frames.to(self.pixel_mean.dtype) / 255.0
+            x = (x - self.pixel_mean) / self.pixel_std
+        elif frames.is_floating_point():
+            x = frames.to(self.pixel_mean.dtype)
+        else:
+            raise ValueError(f"frames must be uint8 or float, got {frames.dtype}")
+        if x.shape[1] != 3:
+            raise ValueError(f"frames must have 3 channels at dim 1 (or last dim for uint8), got {tuple(frames.shape)}")
+        return x
+
+    def pool_and_normalize(self, tokens: Tensor, grid_hw: tuple[int, int]) -> Tensor:
+        """(B, h*w, D) encoder tokens -> (B, N, D) predictor-space latents."""
+        p = self.config.latent_pool
+        if p > 1:
+            h, w = grid_hw
+            if h % p or w % p:
+                raise ValueError(f"token grid {h}x{w} is not divisible by latent_pool={p}")
+            grid = tokens.transpose(1, 2).unflatten(2, (h, w))  # (B, D, h, w)
+            tokens = F.avg_pool2d(grid, p).flatten(2).transpose(1, 2)  # (B, h*w/p^2, D)
+        return layer_norm_tokens(tokens) if self.config.normalize_latents else tokens
+
+    @torch.no_grad()
+    def encode(self, frames: Tensor) -> Tensor:
+        """Frames -> latents (B, N, D); the encoder is frozen, so no graph is kept."""
+        x = self.normalize_pixels(frames.to(self.pixel_mean.device))
+        _, h, w = self.encoder.grid_shape(x.shape)
+        z = self.pool_and_normalize(self.encoder(x), (h, w))
+        expected = self.predictor.config.frame_tokens
+        if z.shape[1] != expected:
+            raise ValueError(
+                f"frames of size {tuple(x.shape[-2:])} give {z.shape[1]} latent tokens, but the predictor expects "
+                f"{expected} (grid {self.predictor.config.grid_hw}); resize frames to the training resolution"
+            )
+        return z
+
+    # ------------------------------------------------------------------ predict
+    def _finish(self, z: Tensor) -> Tensor:
+        return layer_norm_tokens(z) if self.config.normalize_latents else z
+
+    def predict(self, z_hist: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
+        """Teacher-forced: (B,T,N,D), (B,T,A), (B,T,S) -> (B,T,N,D); output t predicts frame t+1."""
+        return self._finish(self.predictor(z_hist, actions, states))
+
+    def next_states(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Advance (..., S) states by (..., A) actions with the configured rule (vectorised)."""
+        dims = self.config.integrated_state_dims
+        if self.config.state_update == "hold" or not dims:
+            return states
+        index = torch.tensor(dims, device=states.device)
+        return states.index_add(-1, index, actions[..., : len(dims)].to(states.dtype))
+
+    def _check_rollout(self, z0: Tensor, state0: Tensor | None, actions: Tensor, context_actions: Tensor | None):
+        pc = self.predictor.config
+        if z0.dim() == 3:
+            z0 = z0.unsqueeze(1)
+        if z0.dim() != 4:
+            raise ValueError(f"z0 must be (S,N,D) or (S,T0,N,D), got {tuple(z0.shape)}")
+        if actions.dim() != 3 or actions.shape[-1] != pc.action_dim:
+            raise ValueError(f"actions must be (S, H, action_dim={pc.action_dim}), got {tuple(actions.shape)}")
+        samples, context = actions.shape[0], z0.shape[1]
+        if z0.shape[0] not in (1, samples):
+            raise ValueError(f"z0 batch {z0.shape[0]} must be 1 or the number of action samples {samples}")
+        if pc.state_dim:
+            if state0 is None:
+                raise ValueError(f"this world model uses states (state_dim={pc.state_dim}); pass state0")
+            if state0.dim() == 2:
+                state0 = state0.unsqueeze(1)
+            if state0.dim() != 3 or state0.shape[1] != context or state0.shape[0] not in (1, samples):
+                raise ValueError(
+                    f"state0 must be (S, {pc.state_dim}) or (S, T0={context}, {pc.state_dim}), got {tuple(state0.shape)}"
+                )
+        if context > 1:
+            expected = (context - 1, pc.action_dim)
+            if context_actions is None or context_actions.dim() != 3 or context_actions.shape[1:] != expected:
+                got = None if context_actions is None else tuple(context_actions.shape)
+                raise ValueError(
+                    f"a {context}-frame context needs context_actions (S or 1, {expected[0]}, {expected[1]}), got {got}"
+                )
+            if context_actions.shape[0] not in (1, samples):
+                raise ValueError(f"context_actions batch {context_actions.shape[0]} must be 1 or {samples}")
+        return z0, state0
+
+    def rollout(
+        self,
+        z0: Tensor,
+        state0: Tensor | None,
+        actions: Tensor,
+        context_actions: Tensor | None = None,
+        use_kv_cache: bool = True,
+    ) -> Tensor:
+        """Imagine H steps for S action sequences: -> (S, H, N, D) predicted latents of frames 1..H.
+
+        z0 (S or 1, N, D) or (S or 1, T0, N, D) context latents; state0 (S or 1, Ds) or
+        (S or 1, T0, Ds) (None when state_dim == 0); actions (S, H, A); context_actions
+        (S or 1, T0-1, A), the actions taken between context frames. With the KV cache, the
+        context's earlier steps are run once (at batch 1 when shared) and each horizon step only
+        runs its own tokens; ``use_kv_cache=False`` re-runs the whole history every step.
+        """
+        z0, state0 = self._check_rollout(z0, state0, actions, context_actions)
+        chunk = self.config.rollout_chunk
+        samples = actions.shape[0]
+        if chunk and samples > chunk:
+            pieces = []
+            for start in range(0, samples, chunk):
+                part = slice(start, start + chunk)
+                pieces.append(
+                    self._rollout(
+                        _rows(z0, part), _rows(state0, part), actions[part], _rows(context_actions, part), use_kv_cache
+                    )
+                )
+            return torch.cat(pieces)
+        return self._rollout(z0, state0, actions, context_actions, use_kv_cache)
+
+    def _rollout(self, z0, state0, actions, context_actions, use_kv_cache: bool) -> Tensor:
+        if not use_kv_cache:
+            return self._rollout_naive(z0, state0, actions, context_actions)
+        samples, horizon = actions.shape[:2]
+        context = z0.shape[1]
+        # Context steps before the last one have known actions: run them once, at batch 1 if shared.
+        shared = all(x is None or x.shape[0] == 1 for x in (z0, state0, context_actions))
+        cache_batch = 1 if shared and context > 1 else samples
+        cache = self.predictor.new_cache(cache_batch, context + horizon - 1, z0)
+        if context > 1:
+            prefix_states = None if state0 is None else state0[:, :-1].expand(cache_batch, -1, -1)
+            prefix_z = z0[:, :-1].expand(cache_batch, -1, -1, -1)
+            self.predictor.forward_cached(prefix_z, context_actions.expand(cache_batch, -1, -1), prefix_states, cache)
+            if cache_batch != samples:
+                cache = cache.expand_batch(samples, cache.capacity)
+        state = None if state0 is None else state0[:, -1].expand(samples, -1)  # (S, Ds)
+        z = z0[:, -1:].expand(samples, -1, -1, -1)  # (S, 1, N, D)
+        outputs = []
+        for step in range(horizon):
+            action = actions[:, step : step + 1]  # (S, 1, A)
+            step_state = None if state is None else state.unsqueeze(1)
+            z = self._finish(self.predictor.forward_cached(z, action, step_state, cache))  # (S, 1, N, D)
+            outputs.append(z)
+            if state is not None:
+                state = self.next_states(state, action[:, 0])
+        return torch.cat(outputs, dim=1)
+
+    def _rollout_naive(self, z0, state0, actions, context_actions) -> Tensor:
+        samples, horizon = actions.shape[:2]
+        context = z0.shape[1]
+        z_hist = z0.expand(samples, -1, -1, -1)
+        past_actions = actions[:, :0] if context == 1 else context_actions.expand(samples, -1, -1)
+        states = None if state0 is None else state0.expand(samples, -1, -1)
+        outputs = []
+        for step in range(horizon):
+            step_actions = torch.cat([past_actions, actions[:, : step + 1]], dim=1)  # (S, T0+step, A)
+            z_next = self.predict(z_hist, step_actions, states)[:, -1:]  # (S, 1, N, D)
+            outputs.append(z_next)
+            z_hist = torch.cat([z_hist, z_next], dim=1)
+            if states is not None:
+                states = torch.cat([states, self.next_states(states[:, -1:], actions[:, step : step + 1])], dim=1)
+        return torch.cat(outputs, dim=1)
+
+    @staticmethod
+    def energy(z: Tensor, z_goal: Tensor) -> Tensor:
+        """Mean |z - z_goal| over tokens and channels (the V-JEPA 2-AC planning energy): (..., N, D) -> (...)."""
+        return (z - z_goal).abs().mean(dim=(-2, -1))
+
+    # ------------------------------------------------------------------ persistence
+    def config_dict(self) -> dict[str, Any]:
+        """The JSON description from_pretrained needs: encoder, predictor and world-model configs."""
+        return {
+            "encoder": self.encoder.cfg.to_dict(),
+            "predictor": asdict(self.predictor.config),
+            "world_model": asdict(self.config),
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Atomically write ``model.safetensors`` (encoder.*, predictor.*) and ``config.json``."""
+        tensors = module_tensors({"encoder": self.encoder, "predictor": self.predictor})
+        return save_checkpoint(directory, tensors, self.config_dict())
+
+    @classmethod
+    def from_config_dict(cls, config: dict[str, Any], source: str = "config") -> WorldModel:
+        missing = [name for name in CONFIG_SECTIONS if not isinstance(config.get(name), dict)]
+        if missing:
+            raise CheckpointError(
+                f"{source} does not describe a world model: missing section(s) {missing} "
+                f"(expected {list(CONFIG_SECTIONS)}; is this a pretraining checkpoint?)"
+            )
+        try:
+            encoder = VisionTransformer(_dataclass_from_dict(ViTConfig, config["encoder"], f"{source} [encoder]"))
+            predictor = ACPredictor(_dataclass_from_dict(ACPredictorConfig, config["predictor"], f"{source} [predictor]"))
+            wm_config = _dataclass_from_dict(WorldModelConfig, config["world_model"], f"{source} [world_model]")
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{source}: invalid world-model config: {err}") from err
+        return cls(encoder, predictor, wm_config)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> WorldModel:
+        """Load a directory written by ``save_pretrained`` or posttrain's ``checkpoints/last/``."""
+        directory = Path(directory)
+        config = read_config(directory)
+        model = cls.from_config_dict(config, str(directory / "config.json"))
+        load_modules(directory, {"encoder": model.encoder, "predictor": model.predictor})
+        log.info("loaded world model from %s", directory)
+        return model.to(map_location).eval()
+
+
+def _rows(x: Tensor | None, part: slice) -> Tensor | None:
+    """Slice a per-sample tensor, leaving batch-1 (shared) tensors whole."""
+    if x is None or x.shape[0] == 1:
+        return x
+    return x[part]
+
+
+def describe(model: WorldModel) -> str:
+    """One-line summary for logs."""
+    pc = model.predictor.config
+    params = sum(p.numel() for p in model.predictor.parameters())
+    return (
+        f"WorldModel(encoder {model.encoder.cfg.size} dim {model.encoder.embed_dim}, predictor {pc.depth}x{pc.dim} "
+        f"({params / 1e6:.2f}M params), {pc.frame_tokens} tokens/frame, action_dim {pc.action_dim}, "
+        f"state_dim {pc.state_dim})"
+    )
