@@ -1,0 +1,197 @@
+"""Receding-horizon MPC agent around a latent world model.
+
+    agent = MPCAgent(world_model, planner, horizon=5, replan_every=1, time_budget_s=2.0,
+                     action_low=env.action_space.low, action_high=env.action_space.high)
+    agent.reset(goal_image)           # (H, W, 3) uint8, or (E, H, W, 3) for E envs
+    action = agent.act(obs)           # obs {"pixels": (H, W, 3) uint8, "state": (Ds,)}
+    actions = agent.act_batch(obs_list)  # E observations -> (E, A)
+
+Each replanning call encodes the observation, plans from a warm start (the previous plan
+shifted by the number of steps executed since, padded with the box centre) and returns
+the next action(s) of the best plan. Only observations enter planning, never simulator
+state. The agent exposes ``last_plan``, ``last_energies`` (per-iteration best energy) and
+``plan_ms`` for logging.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from planners.base import Planner, PlanResult
+from planners.objectives import ObjectiveConfig, build_cost_fn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentStats:
+    plan_ms: list[float] = field(default_factory=list)  # wall time of each planning call
+    iterations: list[int] = field(default_factory=list)
+    energies: list[np.ndarray] = field(default_factory=list)  # (E,) best energy after each planning call
+
+
+def check_pixels(pixels: np.ndarray | Tensor, what: str) -> np.ndarray:
+    """(H, W, 3) or (E, H, W, 3) image(s) -> (E, H, W, 3); NaN or blank frames raise."""
+    pixels = pixels.detach().cpu().numpy() if isinstance(pixels, Tensor) else np.asarray(pixels)
+    if pixels.ndim == 3:
+        pixels = pixels[None]
+    if pixels.ndim != 4 or pixels.shape[-1] != 3:
+        raise ValueError(f"{what} must be (H, W, 3) or (E, H, W, 3) RGB, got shape {pixels.shape}")
+    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
+        raise ValueError(f"{what} contains NaN or inf pixels; refusing to plan from a corrupt frame")
+    flat = pixels.reshape(pixels.shape[0], -1)
+    blank = flat.min(axis=1) == flat.max(axis=1)
+    if blank.any():
+        idx = int(np.flatnonzero(blank)[0])
+        raise ValueError(f"{what} {idx} is blank (every pixel equals {flat[idx, 0]}); the camera is not rendering "
+                         "(check MUJOCO_GL=egl) or the frame is corrupt")
+    return pixels
+
+
+class MPCAgent:
+    def __init__(
+        self,
+        world_model,
+        planner: Planner,
+        horizon: int = 5,
+        replan_every: int = 1,
+        time_budget_s: float | None = None,
+        action_low: np.ndarray | Tensor | None = None,
+        action_high: np.ndarray | Tensor | None = None,
+        objective: ObjectiveConfig | None = None,
+        warm_start: bool = True,
+        seed: int = 0,
+    ):
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if not 1 <= replan_every <= horizon:
+            raise ValueError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
+        if time_budget_s is not None and time_budget_s <= 0:
+            raise ValueError(f"time_budget_s must be positive or None, got {time_budget_s}")
+        if action_low is None or action_high is None:
+            raise ValueError("MPCAgent needs action_low and action_high (e.g. env.action_space.low/high) "
+                             "so every action it returns is inside the env's bounds")
+        self.world_model = world_model
+        self.planner = planner
+        self.horizon, self.replan_every, self.time_budget_s = horizon, replan_every, time_budget_s
+        self.objective = objective or ObjectiveConfig()
+        self.objective.validate()
+        self.warm_start = warm_start
+        self.seed = seed
+        params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
+        self.device = params.device if params is not None else torch.device("cpu")
+        self.action_low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=self.device)
+        self.action_high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=self.device)
+        self.generators: list[torch.Generator] = []
+        self._goal_z: Tensor | None = None
+        self._goal_state: Tensor | None = None
+        self.last_plan: Tensor | None = None  # (E, H, A)
+        self.last_result: PlanResult | None = None
+        self._steps_since_plan = 0
+        self.stats = AgentStats()
+
+    # -- public API ---------------------------------------------------------------------
+    @property
+    def num_envs(self) -> int:
+        if self._goal_z is None:
+            raise RuntimeError("call reset(goal_image) before act()")
+        return self._goal_z.shape[0]
+
+    @property
+    def last_energies(self) -> Tensor | None:
+        """(E, iters) best predicted energy per planner iteration of the last planning call."""
+        return None if self.last_result is None else self.last_result.costs
+
+    @property
+    def plan_ms(self) -> list[float]:
+        return self.stats.plan_ms
+
+    def reset(self, goal_image: np.ndarray | Tensor, goal_state: np.ndarray | Tensor | None = None,
+              seeds: list[int] | None = None) -> None:
+        """Set the goal for E = goal_image.shape[0] envs (or 1) and forget the previous plan.
+
+        Env e plans with its own generator seeded ``seeds[e]`` (default ``seed + e``), so an
+        episode's actions do not depend on how many envs are batched with it.
+        """
+        pixels = check_pixels(goal_image, "goal image")
+        with torch.no_grad():
+            self._goal_z = self.encode(pixels)
+        self._goal_state = None if goal_state is None else torch.as_tensor(
+            np.asarray(goal_state, dtype=np.float32), device=self.device).reshape(pixels.shape[0], -1)
+        self.last_plan, self.last_result = None, None
+        self._steps_since_plan = 0
+        self.stats = AgentStats()
+        seeds = [self.seed + e for e in range(pixels.shape[0])] if seeds is None else list(seeds)
+        if len(seeds) != pixels.shape[0]:
+            raise ValueError(f"got {len(seeds)} seeds for {pixels.shape[0]} goal images")
+        self.generators = [torch.Generator(device=self.device).manual_seed(int(s)) for s in seeds]
+
+    def act(self, obs: dict) -> np.ndarray:
+        """One observation {"pixels": (H,W,3), "state": (Ds,)} -> one action (A,) inside the bounds."""
+        if self.num_envs != 1:
+            raise ValueError(f"the agent was reset with {self.num_envs} goals; use act_batch for several envs")
+        return self.act_batch([obs])[0]
+
+    def act_batch(self, observations: list[dict]) -> np.ndarray:
+        """E observations -> (E, A) actions, planning for all envs in one batched call."""
+        if len(observations) != self.num_envs:
+            raise ValueError(f"got {len(observations)} observations for an agent reset with {self.num_envs} goals")
+        if self.last_plan is None or self._steps_since_plan >= self.replan_every:
+            self.replan(observations)
+        actions = self.last_plan[:, self._steps_since_plan]
+        self._steps_since_plan += 1
+        actions = torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+        actions = actions.cpu().numpy()
+        if not np.isfinite(actions).all():
+            raise RuntimeError("planner produced a non-finite action; the world model or objective returned NaN")
+        return actions
+
+    # -- internals ----------------------------------------------------------------------
+    def encode(self, pixels: np.ndarray) -> Tensor:
+        frames = torch.as_tensor(pixels, device=self.device).permute(0, 3, 1, 2)  # (E, 3, H, W)
+        return self.world_model.encode(frames)  # (E, N, D)
+
+    def states_from(self, observations: list[dict]) -> Tensor:
+        states = []
+        for i, obs in enumerate(observations):
+            if "state" not in obs:
+                raise ValueError(f"observation {i} has no 'state' key (got keys {sorted(obs)})")
+            states.append(np.asarray(obs["state"], dtype=np.float32))
+        states = np.stack(states)
+        if not np.isfinite(states).all():
+            raise ValueError("observation state contains NaN or inf; refusing to plan")
+        return torch.as_tensor(states, device=self.device)
+
+    def warm_start_mean(self) -> Tensor | None:
+        if not self.warm_start or self.last_plan is None:
+            return None
+        shift = self._steps_since_plan
+        pad = ((self.action_low + self.action_high) / 2).expand(self.last_plan.shape[0], shift, -1)
+        return torch.cat([self.last_plan[:, shift:], pad], dim=1)
+
+    def replan(self, observations: list[dict]) -> PlanResult:
+        start = time.perf_counter()
+        pixels = check_pixels(np.stack([np.asarray(o["pixels"]) for o in observations]), "observation")
+        state0 = self.states_from(observations)
+        with torch.no_grad():
+            z0 = self.encode(pixels)
+        cost_fn = build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state)
+        budget = None
+        if self.time_budget_s is not None:  # encoding counts against the budget too
+            budget = max(self.time_budget_s - (time.perf_counter() - start), 1e-3)
+        result = self.planner.plan(cost_fn, self.num_envs, self.horizon, self.action_low, self.action_high,
+                                   init_mean=self.warm_start_mean(), generator=self.generators,
+                                   time_budget_s=budget, device=self.device)
+        self.last_plan, self.last_result = result.actions.detach(), result
+        self._steps_since_plan = 0
+        self.stats.plan_ms.append((time.perf_counter() - start) * 1e3)
+        self.stats.iterations.append(result.iterations)
+        self.stats.energies.append(result.best_cost.detach().cpu().numpy())
+        log.debug("planned %d iterations in %.1f ms, energy %s", result.iterations, self.stats.plan_ms[-1],
+                  self.stats.energies[-1])
+        return result
