@@ -1,0 +1,159 @@
+"""WorldModel: encoding, KV-cached rollout == naive recomputation, state rule, persistence, bad input."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from jepa_world.models.vit import build_encoder
+from jepa_world.training.checkpoint import CheckpointError
+from jepa_world.world_model import WorldModel, WorldModelConfig
+
+ACTION_DIM, STATE_DIM = 3, 5
+
+
+def make_world_model(latent_pool: int = 2, state_dim: int = STATE_DIM, **config) -> WorldModel:
+    torch.manual_seed(0)
+    encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
+    dims = (0, 1, 2) if state_dim else ()
+    wm_config = WorldModelConfig(latent_pool=latent_pool, integrated_state_dims=dims, **config)
+    return WorldModel.create(encoder, ACTION_DIM, state_dim, wm_config, dim=32, depth=2, num_heads=4).eval()
+
+
+def frames(batch: int = 3, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def test_encode_layouts_agree_and_latents_are_layer_normed():
+    wm = make_world_model()
+    x = frames()
+    z = wm.encode(x)
+    assert z.shape == (3, 4, 96)  # 4x4 grid pooled by 2
+    torch.testing.assert_close(wm.encode(x.permute(0, 2, 3, 1)), z)  # channel-last env pixels
+    normalised = (x.float() / 255 - wm.pixel_mean) / wm.pixel_std
+    torch.testing.assert_close(wm.encode(normalised), z)
+    torch.testing.assert_close(z.mean(-1), torch.zeros(3, 4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(z.std(-1, unbiased=False), torch.ones(3, 4), atol=1e-3, rtol=0)
+    assert not z.requires_grad
+
+
+def test_latent_pool_averages_the_token_grid():
+    pooled, full = make_world_model(latent_pool=2), make_world_model(latent_pool=1)
+    full.config.normalize_latents = pooled.config.normalize_latents = False
+    x = frames(1)
+    tokens = full.encode(x).reshape(1, 4, 4, 96)
+    expected = tokens.reshape(1, 2, 2, 2, 2, 96).mean(dim=(2, 4)).reshape(1, 4, 96)
+    torch.testing.assert_close(pooled.encode(x), expected, atol=1e-5, rtol=0)
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("context", ["single", "shared_history", "per_sample_history"])
+def test_cached_rollout_equals_naive_recomputation(context):
+    wm = make_world_model()
+    samples, horizon = 6, 4
+    g = torch.Generator().manual_seed(1)
+    actions = torch.randn(samples, horizon, ACTION_DIM, generator=g)
+    if context == "single":
+        z0, state0, past = wm.encode(frames(1)), torch.randn(1, STATE_DIM, generator=g), None
+    else:
+        batch = 1 if context == "shared_history" else samples
+        z0 = torch.randn(batch, 3, 4, 96, generator=g)
+        state0 = torch.randn(batch, 3, STATE_DIM, generator=g)
+        past = torch.randn(batch, 2, ACTION_DIM, generator=g)
+    cached = wm.rollout(z0, state0, actions, context_actions=past)
+    naive = wm.rollout(z0, state0, actions, context_actions=past, use_kv_cache=False)
+    assert cached.shape == (samples, horizon, 4, 96)
+    torch.testing.assert_close(cached, naive, rtol=0, atol=1e-5)
+    wm.config.rollout_chunk = 4  # uneven chunks must not change results
+    torch.testing.assert_close(wm.rollout(z0, state0, actions, context_actions=past), cached, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_rollout_first_step_is_predict_and_actions_matter():
+    wm = make_world_model()
+    z0, state0 = wm.encode(frames(1)), torch.randn(1, STATE_DIM)
+    actions = torch.randn(5, 2, ACTION_DIM)
+    out = wm.rollout(z0, state0, actions)
+    first = wm.predict(z0.unsqueeze(1).expand(5, -1, -1, -1), actions[:, :1], state0.unsqueeze(1).expand(5, -1, -1))
+    torch.testing.assert_close(out[:, 0], first[:, 0], rtol=0, atol=1e-5)
+    assert (out[0] - out[1]).abs().amax() > 1e-6  # different actions, different futures
+
+
+def test_state_rule_integrates_displacements_into_chosen_dims():
+    wm = make_world_model()
+    states = torch.zeros(2, STATE_DIM)
+    actions = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
+    moved = wm.next_states(states, actions)
+    torch.testing.assert_close(moved, torch.tensor([[1.0, 2.0, 3.0, 0, 0], [-1.0, 0.5, 0.0, 0, 0]]))
+    wm.config.state_update = "hold"
+    assert torch.equal(wm.next_states(states, actions), states)
+    with pytest.raises(ValueError, match="integrated_state_dims"):
+        make_world_model(state_dim=2)  # dims (0, 1, 2) do not fit a 2-d state
+
+
+@torch.no_grad()
+def test_stateless_model_rolls_out_without_states():
+    wm = make_world_model(state_dim=0)
+    z0 = wm.encode(frames(1))
+    actions = torch.randn(4, 3, ACTION_DIM)
+    torch.testing.assert_close(
+        wm.rollout(z0, None, actions), wm.rollout(z0, None, actions, use_kv_cache=False), rtol=0, atol=1e-5
+    )
+
+
+@torch.no_grad()
+def test_save_and_load_round_trip(tmp_path):
+    wm = make_world_model()
+    with torch.no_grad():
+        for p in wm.predictor.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    wm.save_pretrained(tmp_path / "wm")
+    loaded = WorldModel.from_pretrained(tmp_path / "wm")
+    assert loaded.config == wm.config and loaded.predictor.config == wm.predictor.config
+    x, actions, state0 = frames(2), torch.randn(3, 2, ACTION_DIM), torch.randn(1, STATE_DIM)
+    torch.testing.assert_close(loaded.encode(x), wm.encode(x), rtol=0, atol=0)
+    z0 = wm.encode(x[:1])
+    torch.testing.assert_close(loaded.rollout(z0, state0, actions), wm.rollout(z0, state0, actions), rtol=0, atol=0)
+
+
+def test_from_pretrained_bad_directories(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        WorldModel.from_pretrained(tmp_path / "missing")
+    wm = make_world_model()
+    wm.save_pretrained(tmp_path / "wm")
+    config_path = tmp_path / "wm" / "config.json"
+    config = json.loads(config_path.read_text())
+    broken = dict(config)
+    del broken["world_model"]
+    config_path.write_text(json.dumps(broken))
+    with pytest.raises(CheckpointError, match=r"missing section\(s\) \['world_model'\]"):
+        WorldModel.from_pretrained(tmp_path / "wm")
+    config["predictor"]["action_dims"] = 3
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="action_dims"):
+        WorldModel.from_pretrained(tmp_path / "wm")
+    del config["predictor"]["action_dims"]
+    config_path.write_text(json.dumps(config))
+    weights_path = tmp_path / "wm" / "model.safetensors"
+    weights = load_file(weights_path)
+    del weights["predictor.action_encoder.weight"]
+    save_file(weights, weights_path)
+    with pytest.raises(CheckpointError, match="predictor.action_encoder.weight"):
+        WorldModel.from_pretrained(tmp_path / "wm")
+
+
+def test_bad_rollout_and_encode_inputs():
+    wm = make_world_model()
+    z0 = torch.randn(1, 4, 96)
+    with pytest.raises(ValueError, match="action_dim=3"):
+        wm.rollout(z0, torch.zeros(1, STATE_DIM), torch.zeros(4, 2, 7))
+    with pytest.raises(ValueError, match="pass state0"):
+        wm.rollout(z0, None, torch.zeros(4, 2, ACTION_DIM))
+    with pytest.raises(ValueError, match="context_actions"):
+        wm.rollout(torch.randn(1, 2, 4, 96), torch.zeros(1, 2, STATE_DIM), torch.zeros(4, 2, ACTION_DIM))
+    with pytest.raises(ValueError, match="z0 batch 2"):
+        wm.rollout(torch.randn(2, 4, 96), torch.zeros(1, STATE_DIM), torch.zeros(4, 2, ACTION_DIM))
+    with pytest.raises(ValueError, match="predictor expects 4"):
+        wm.encode(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="uint8 or float"):
+        wm.encode(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
