@@ -1,0 +1,451 @@
+"""LeRobotDataset files: a crash-safe v3.0 writer and a v2.1/v3.0 reader.
+
+Layout written (LeRobotDataset v3.0, one episode per data/video file so that every
+finished episode is durable on its own; v3 allows any number of episodes per file):
+
+    meta/info.json                                   schema, fps, path templates, totals
+    meta/tasks.parquet                               task string -> task_index
+    meta/stats.json                                  min/max/mean/std/count per numeric feature
+    meta/episodes/chunk-000/file-000.parquet         one row per committed episode
+    data/chunk-XXX/file-XXX.parquet                  per-frame rows
+    videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 yuv420p
+
+The episodes table is the source of truth: an episode exists once its row is in it.
+Data and video files are written under a temporary name and renamed, then the episodes
+table and info.json are rewritten atomically, so a crash at any point leaves either the
+old or the new committed set, never a half-written episode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+STATS_FEATURES = ("action", "observation.state")
+
+
+class DatasetFormatError(ValueError):
+    """A dataset directory or one of its files is missing, malformed or inconsistent."""
+
+
+# ----------------------------------------------------------------------------- small io helpers
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    pq.write_table(table, tmp)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _fixed_list(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
+    """(N, D) array -> parquet column of fixed-size lists, the layout HF `datasets` uses for vectors."""
+    values = np.ascontiguousarray(values)
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1), type=dtype), values.shape[1])
+
+
+def list_column_to_numpy(column: pa.ChunkedArray | pa.Array, name: str, file: Path) -> np.ndarray:
+    """A list / fixed-size-list parquet column -> (N, D) array; rejects ragged rows."""
+    array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(array)
+    if pa.types.is_fixed_size_list(array.type):
+        flat = array.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(n, array.type.list_size)
+    if pa.types.is_list(array.type) or pa.types.is_large_list(array.type):
+        offsets = array.offsets.to_numpy()
+        widths = np.diff(offsets)
+        if n and (widths != widths[0]).any():
+            raise DatasetFormatError(f"{file}: column {name!r} has rows of different lengths {sorted(set(widths.tolist()))}")
+        flat = array.flatten().to_numpy(zero_copy_only=False)
+        return flat.reshape(n, int(widths[0]) if n else 0)
+    if pa.types.is_floating(array.type) or pa.types.is_integer(array.type):
+        return array.to_numpy(zero_copy_only=False).reshape(n, 1)
+    raise DatasetFormatError(f"{file}: column {name!r} has type {array.type}, expected a list of numbers")
+
+
+# ----------------------------------------------------------------------------- video
+
+def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 10) -> None:
+    """Encode (T, H, W, 3) uint8 frames to an H.264 yuv420p mp4 (atomic: temp name, then rename).
+
+    A short GOP keeps random access cheap for windowed reads; crf 18 is visually lossless.
+    """
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    t, h, w, _ = frames.shape
+    if h % 2 or w % 2:
+        raise ValueError(f"{path}: yuv420p needs even frame sizes, got {h}x{w}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
+    with av.open(str(tmp), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.options = {"crf": str(crf), "g": str(gop), "preset": "veryfast", "tune": "zerolatency"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- writer
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode: L frames, each the observation and the action taken from it."""
+
+    actions: np.ndarray                      # (L, A) float32, as applied (already clipped)
+    states: np.ndarray                       # (L, S) float32
+    frames: dict[str, np.ndarray]            # camera name -> (L, H, W, 3) uint8
+    rewards: np.ndarray | None = None        # (L,) reward after each action
+    successes: np.ndarray | None = None      # (L,) bool success after each action
+    extra: dict[str, Any] = field(default_factory=dict)  # per-episode columns (seed, policy, success, ...)
+
+    def __len__(self) -> int:
+        return len(self.actions)
+
+
+def _stats(values: np.ndarray) -> dict[str, list]:
+    v = values.astype(np.float64)
+    return {"min": v.min(0).tolist(), "max": v.max(0).tolist(), "mean": v.mean(0).tolist(),
+            "std": v.std(0).tolist(), "count": [len(v)]}
+
+
+def _merge_stats(parts: list[dict[str, list]]) -> dict[str, list]:
+    counts = np.array([p["count"][0] for p in parts], dtype=np.float64)[:, None]
+    means = np.array([p["mean"] for p in parts])
+    stds = np.array([p["std"] for p in parts])
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    var = (counts * (stds**2 + (means - mean) ** 2)).sum(0) / total  # parallel-variance formula
+    return {"min": np.min([p["min"] for p in parts], 0).tolist(), "max": np.max([p["max"] for p in parts], 0).tolist(),
+            "mean": mean.tolist(), "std": np.sqrt(var).tolist(), "count": [int(total)]}
+
+
+def _tasks_table(tasks: list[str]) -> pa.Table:
+    """meta/tasks.parquet: pandas readers (LeRobot) get the task string as the index, as LeRobot writes it."""
+    pandas_meta = {
+        "index_columns": ["task"], "column_indexes": [],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
+    }
+    table = pa.table({"task_index": pa.array(range(len(tasks)), pa.int64()), "task": pa.array(tasks, pa.string())})
+    return table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+
+
+class LeRobotWriter:
+    """Writes episodes of a LeRobotDataset v3.0 one at a time; reopens an existing one to append.
+
+    `extra_info` is stored in meta/info.json under "jepa_world" (e.g. the collection config);
+    reopening with a different value raises, so a resumed run cannot silently mix settings.
+    """
+
+    def __init__(self, root: str | Path, *, fps: int, action_names: list[str], state_names: list[str],
+                 cameras: dict[str, tuple[int, int]], task: str, extra_info: dict[str, Any] | None = None,
+                 robot_type: str | None = None, crf: int = 18, gop: int = 10):
+        self.root = Path(root)
+        self.fps, self.crf, self.gop, self.task = int(fps), int(crf), int(gop), task
+        self.video_keys = [f"observation.images.{cam}" for cam in cameras]
+        self.info = self._build_info(action_names, state_names, cameras, robot_type, extra_info or {})
+        self.episodes: list[dict[str, Any]] = []
+        self._stats: dict[str, list[dict]] = {k: [] for k in STATS_FEATURES}
+        if (self.root / "meta" / "info.json").exists():
+            self._reopen()
+        else:
+            (self.root / "meta").mkdir(parents=True, exist_ok=True)
+            _atomic_write_parquet(self.root / "meta" / "tasks.parquet", _tasks_table([task]))
+            self._write_meta()
+
+    def _build_info(self, action_names, state_names, cameras, robot_type, extra_info) -> dict[str, Any]:
+        scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
+        features: dict[str, Any] = {}
+        for cam, (h, w) in cameras.items():
+            features[f"observation.images.{cam}"] = {
+                "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
+                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p",
+                         "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False}}
+        features["observation.state"] = {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)}
+        features["action"] = {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)}
+        features["next.reward"] = scalar("float32")
+        features["next.success"] = scalar("bool")
+        features["next.done"] = scalar("bool")
+        for key in ("timestamp",):
+            features[key] = scalar("float32")
+        for key in ("frame_index", "episode_index", "index", "task_index"):
+            features[key] = scalar("int64")
+        return {
+            "codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": 0, "total_frames": 0,
+            "total_tasks": 1, "chunks_size": CHUNKS_SIZE, "data_files_size_in_mb": 100, "video_files_size_in_mb": 500,
+            "fps": self.fps, "splits": {}, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if cameras else None, "features": features, "jepa_world": extra_info,
+        }
+
+    def _reopen(self) -> None:
+        info_path = self.root / "meta" / "info.json"
+        old = json.loads(info_path.read_text())
+        for key in ("codebase_version", "fps", "features", "jepa_world"):
+            if old.get(key) != self.info.get(key):
+                raise DatasetFormatError(
+                    f"{info_path}: existing dataset has {key}={old.get(key)!r}, this run wants {self.info.get(key)!r}; "
+                    "use a new output directory (or the original settings to resume)")
+        episodes_path = self.root / EPISODES_PATH
+        if episodes_path.exists():
+            table = pq.read_table(episodes_path)
+            self.episodes = table.to_pylist()
+        indices = [e["episode_index"] for e in self.episodes]
+        if indices != list(range(len(indices))):
+            raise DatasetFormatError(f"{episodes_path}: episode indices {indices[:10]}... are not 0..N-1 in order")
+        for row in self.episodes:
+            for feat in STATS_FEATURES:
+                self._stats[feat].append({s: row[f"stats/{feat}/{s}"] for s in ("min", "max", "mean", "std", "count")})
+        log.info("reopened %s with %d committed episodes", self.root, len(self.episodes))
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return self.episodes[-1]["dataset_to_index"] if self.episodes else 0
+
+    def video_path(self, episode_index: int, camera: str) -> Path:
+        return self.root / VIDEO_PATH.format(video_key=f"observation.images.{camera}",
+                                             chunk_index=episode_index // CHUNKS_SIZE, file_index=episode_index % CHUNKS_SIZE)
+
+    def write_videos(self, episode_index: int, frames: dict[str, np.ndarray]) -> None:
+        """Encode an episode's videos; safe to call from a worker process before `add_episode`."""
+        for cam, cam_frames in frames.items():
+            write_video(self.video_path(episode_index, cam), cam_frames, self.fps, self.crf, self.gop)
+
+    def add_episode(self, record: EpisodeRecord, videos_written: bool = False) -> int:
+        """Write and commit the next episode; returns its episode_index."""
+        ep = self.num_episodes
+        n = len(record)
+        a_dim, s_dim = self.info["features"]["action"]["shape"][0], self.info["features"]["observation.state"]["shape"][0]
+        if record.actions.shape != (n, a_dim) or record.states.shape != (n, s_dim):
+            raise ValueError(f"episode {ep}: actions {record.actions.shape} / states {record.states.shape} do not match "
+                             f"({n}, {a_dim}) / ({n}, {s_dim}) declared in info.json")
+        if sorted(f"observation.images.{c}" for c in record.frames) != sorted(self.video_keys):
+            raise ValueError(f"episode {ep}: cameras {sorted(record.frames)} differ from the dataset's {self.video_keys}")
+        if not videos_written:
+            self.write_videos(ep, record.frames)
+        start = self.num_frames
+        chunk, file = ep // CHUNKS_SIZE, ep % CHUNKS_SIZE
+        successes = np.zeros(n, bool) if record.successes is None else np.asarray(record.successes, bool)
+        done = np.zeros(n, bool)
+        done[-1] = True
+        table = pa.table({
+            "observation.state": _fixed_list(record.states.astype(np.float32), pa.float32()),
+            "action": _fixed_list(record.actions.astype(np.float32), pa.float32()),
+            "next.reward": pa.array(np.zeros(n, np.float32) if record.rewards is None else record.rewards.astype(np.float32)),
+            "next.success": pa.array(successes),
+            "next.done": pa.array(done),
+            "timestamp": pa.array(np.arange(n, dtype=np.float32) / np.float32(self.fps)),
+            "frame_index": pa.array(np.arange(n, dtype=np.int64)),
+            "episode_index": pa.array(np.full(n, ep, np.int64)),
+            "index": pa.array(np.arange(start, start + n, dtype=np.int64)),
+            "task_index": pa.array(np.zeros(n, np.int64)),
+        })
+        _atomic_write_parquet(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), table)
+
+        row: dict[str, Any] = {"episode_index": ep, "tasks": [self.task], "length": n,
+                               "data/chunk_index": chunk, "data/file_index": file,
+                               "dataset_from_index": start, "dataset_to_index": start + n}
+        for key in self.video_keys:
+            row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
+                        f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": n / self.fps})
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        for feat, values in (("action", record.actions), ("observation.state", record.states)):
+            stats = _stats(values)
+            self._stats[feat].append(stats)
+            row.update({f"stats/{feat}/{k}": v for k, v in stats.items()})
+        row.update(record.extra)
+        self.episodes.append(row)
+        try:
+            self._write_meta()
+        except BaseException:
+            self.episodes.pop()
+            for feat in STATS_FEATURES:
+                self._stats[feat].pop()
+            raise
+        return ep
+
+    def _write_meta(self) -> None:
+        if self.episodes:
+            _atomic_write_parquet(self.root / EPISODES_PATH, pa.Table.from_pylist(self.episodes))
+            stats = {feat: _merge_stats(parts) for feat, parts in self._stats.items()}
+            _atomic_write_json(self.root / "meta" / "stats.json", stats)
+        self.info.update(total_episodes=self.num_episodes, total_frames=self.num_frames,
+                         splits={"train": f"0:{self.num_episodes}"} if self.episodes else {})
+        _atomic_write_json(self.root / "meta" / "info.json", self.info)
+
+
+# ----------------------------------------------------------------------------- reader
+
+@dataclass
+class EpisodeFiles:
+    """Where one episode lives: its data file and, per video key, (mp4 path, first timestamp in it)."""
+
+    episode_index: int
+    length: int
+    data_file: Path
+    videos: dict[str, tuple[Path, float]]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DatasetMeta:
+    root: Path
+    version: str
+    fps: float
+    features: dict[str, Any]
+    episodes: list[EpisodeFiles]
+    info: dict[str, Any]
+
+    @property
+    def video_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.get("dtype") == "video"]
+
+    def files_episodes(self, path: Path) -> list[int]:
+        return [e.episode_index for e in self.episodes if e.data_file == path or any(p == path for p, _ in e.videos.values())]
+
+
+def _require(mapping: dict, key: str, where: Path) -> Any:
+    if key not in mapping:
+        raise DatasetFormatError(f"{where}: missing key {key!r} (have {sorted(mapping)})")
+    return mapping[key]
+
+
+_EPISODE_LAYOUT_KEYS = ("episode_index", "length", "tasks", "dataset_from_index", "dataset_to_index")
+
+
+def read_meta(root: str | Path) -> DatasetMeta:
+    """Read meta/ of a local LeRobotDataset (v2.0, v2.1 or v3.0) into episode -> file locations."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetFormatError(f"dataset directory {root} does not exist")
+    info_path = root / "meta" / "info.json"
+    if not info_path.is_file():
+        raise DatasetFormatError(f"{info_path} not found: {root} is not a LeRobot dataset (expected meta/info.json)")
+    try:
+        info = json.loads(info_path.read_text())
+    except json.JSONDecodeError as e:
+        raise DatasetFormatError(f"{info_path}: not valid JSON ({e})") from e
+    version = str(_require(info, "codebase_version", info_path))
+    fps = float(_require(info, "fps", info_path))
+    features = _require(info, "features", info_path)
+    data_path = _require(info, "data_path", info_path)
+    video_path = info.get("video_path")
+    video_keys = [k for k, f in features.items() if f.get("dtype") == "video"]
+    if video_keys and not video_path:
+        raise DatasetFormatError(f"{info_path}: features {video_keys} are videos but 'video_path' is empty")
+
+    episodes: list[EpisodeFiles] = []
+    if version.startswith("v3"):
+        files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetFormatError(f"{root / 'meta' / 'episodes'}: no episode metadata files (expected chunk-XXX/file-XXX.parquet)")
+        for file in files:
+            try:
+                rows = pq.read_table(file).to_pylist()
+            except (pa.ArrowException, OSError) as e:
+                raise DatasetFormatError(f"{file}: cannot read episode metadata ({e})") from e
+            for row in rows:
+                ep = int(_require(row, "episode_index", file))
+                data_file = root / data_path.format(chunk_index=int(_require(row, "data/chunk_index", file)),
+                                                    file_index=int(_require(row, "data/file_index", file)))
+                videos = {key: (root / video_path.format(video_key=key,
+                                                         chunk_index=int(_require(row, f"videos/{key}/chunk_index", file)),
+                                                         file_index=int(_require(row, f"videos/{key}/file_index", file))),
+                                float(row.get(f"videos/{key}/from_timestamp") or 0.0)) for key in video_keys}
+                extra = {k: v for k, v in row.items() if "/" not in k and k not in _EPISODE_LAYOUT_KEYS}
+                episodes.append(EpisodeFiles(ep, int(_require(row, "length", file)), data_file, videos, extra))
+    elif version.startswith("v2"):
+        chunks_size = int(info.get("chunks_size", CHUNKS_SIZE))
+        jsonl = root / "meta" / "episodes.jsonl"
+        if not jsonl.is_file():
+            raise DatasetFormatError(f"{jsonl} not found (a {version} dataset lists its episodes there)")
+        for line_no, line in enumerate(jsonl.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetFormatError(f"{jsonl}:{line_no}: not valid JSON ({e})") from e
+            ep = int(_require(row, "episode_index", jsonl))
+            chunk = ep // chunks_size
+            data_file = root / data_path.format(episode_chunk=chunk, episode_index=ep)
+            videos = {key: (root / video_path.format(episode_chunk=chunk, video_key=key, episode_index=ep), 0.0)
+                      for key in video_keys}
+            episodes.append(EpisodeFiles(ep, int(_require(row, "length", jsonl)), data_file, videos))
+    else:
+        raise DatasetFormatError(f"{info_path}: codebase_version {version!r} is not supported (expected v2.x or v3.x)")
+    episodes.sort(key=lambda e: e.episode_index)
+    return DatasetMeta(root, version, fps, features, episodes, info)
+
+
+def read_columns(meta: DatasetMeta, columns: list[str]) -> dict[int, dict[str, np.ndarray]]:
+    """Per episode, the named per-frame columns as (L, D) arrays in frame order; each data file is read once."""
+    by_file: dict[Path, list[EpisodeFiles]] = {}
+    for ep in meta.episodes:
+        by_file.setdefault(ep.data_file, []).append(ep)
+    out: dict[int, dict[str, np.ndarray]] = {}
+    for file, eps in by_file.items():
+        names = [e.episode_index for e in eps]
+        where = f"data file {file} (episodes {names[0]}..{names[-1]})" if len(names) > 1 else f"data file {file} (episode {names[0]})"
+        if not file.is_file():
+            raise DatasetFormatError(f"{where} is missing")
+        try:
+            table = pq.read_table(file, columns=["episode_index", "frame_index", *columns])
+        except (pa.ArrowException, OSError) as e:
+            raise DatasetFormatError(f"cannot read {where}: {e}") from e
+        episode_ids = table["episode_index"].to_numpy()
+        frame_ids = table["frame_index"].to_numpy()
+        arrays = {c: list_column_to_numpy(table[c], c, file) for c in columns}
+        order = np.lexsort((frame_ids, episode_ids))
+        episode_ids, frame_ids = episode_ids[order], frame_ids[order]
+        for ep in eps:
+            lo, hi = np.searchsorted(episode_ids, [ep.episode_index, ep.episode_index + 1])
+            if hi - lo != ep.length or not np.array_equal(frame_ids[lo:hi], np.arange(ep.length)):
+                raise DatasetFormatError(f"{file}: episode {ep.episode_index} has {hi - lo} rows with frame_index "
+                                         f"not 0..{ep.length - 1}; the metadata says length {ep.length} (truncated file?)")
+            rows = order[lo:hi]
+            out[ep.episode_index] = {c: arrays[c][rows] for c in columns}
+    return out
