@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from jepa_world.models.rope import RopeTables, apply_rope
 
@@ -73,9 +74,30 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+def run_blocks(
+    blocks: nn.ModuleList,
+    x: Tensor,
+    rope: RopeTables | None = None,
+    attn_mask: Tensor | None = None,
+    activation_checkpointing: bool = False,
+) -> Tensor:
+    """Apply blocks in order, sharing one set of RoPE tables.
+
+    With ``activation_checkpointing`` each block's activations are recomputed in the
+    backward pass (only while gradients are being recorded), trading compute for memory.
+    """
+    recompute = activation_checkpointing and torch.is_grad_enabled()
+    for block in blocks:
+        if recompute:
+            x = checkpoint(block, x, rope, attn_mask, use_reentrant=False)
+        else:
+            x = block(x, rope, attn_mask)
+    return x
+
+
 def init_transformer_weights(module: nn.Module, std: float = 0.02) -> None:
-    """Truncated-normal linear weights, zero biases, unit LayerNorm (V-JEPA 2 / timm default)."""
-    if isinstance(module, nn.Linear):
+    """Truncated-normal linear/conv weights, zero biases, unit LayerNorm (V-JEPA 2 / timm default)."""
+    if isinstance(module, (nn.Linear, nn.Conv2d, nn.Conv3d)):
         nn.init.trunc_normal_(module.weight, std=std)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
