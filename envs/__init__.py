@@ -27,7 +27,7 @@ class EnvSpec:
 
 ENV_SPECS: dict[str, EnvSpec] = {
     "reach": EnvSpec("JepaWorld/Reach-v0", "envs.reach:ReachEnv", 50),
-    "push": EnvSpec("JepaWorld/Push-v0", "envs.push:PushEnv", 100),
+    "push": EnvSpec("JepaWorld/Push-v0", "envs.push:PushEnv", 80),
     "reacher": EnvSpec("JepaWorld/ReacherPixels-v0", "envs.reacher:ReacherPixelsEnv", 50),
     "metaworld-reach": EnvSpec("JepaWorld/MetaworldReach-v0", "envs.metaworld_adapter:MetaworldReachEnv", 100),
 }
