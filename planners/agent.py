@@ -38,10 +38,10 @@ class AgentStats:
 def check_pixels(pixels: np.ndarray | Tensor, what: str) -> np.ndarray:
     """(H, W, 3) or (E, H, W, 3) image(s) -> (E, H, W, 3); NaN or blank frames raise."""
     pixels = pixels.detach().cpu().numpy() if isinstance(pixels, Tensor) else np.asarray(pixels)
+    if pixels.ndim not in (3, 4) or pixels.shape[-1] != 3:
+        raise ValueError(f"{what} must be (H, W, 3) or (E, H, W, 3) RGB, got shape {pixels.shape}")
     if pixels.ndim == 3:
         pixels = pixels[None]
-    if pixels.ndim != 4 or pixels.shape[-1] != 3:
-        raise ValueError(f"{what} must be (H, W, 3) or (E, H, W, 3) RGB, got shape {pixels.shape}")
     if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
         raise ValueError(f"{what} contains NaN or inf pixels; refusing to plan from a corrupt frame")
     flat = pixels.reshape(pixels.shape[0], -1)
@@ -85,6 +85,8 @@ class MPCAgent:
         self.seed = seed
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
+        predictor_config = getattr(getattr(world_model, "predictor", None), "config", None)
+        self.uses_states = getattr(predictor_config, "state_dim", 1) > 0
         self.action_low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=self.device)
         self.action_high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=self.device)
         self.generators: list[torch.Generator] = []
@@ -156,7 +158,9 @@ class MPCAgent:
         frames = torch.as_tensor(pixels, device=self.device).permute(0, 3, 1, 2)  # (E, 3, H, W)
         return self.world_model.encode(frames)  # (E, N, D)
 
-    def states_from(self, observations: list[dict]) -> Tensor:
+    def states_from(self, observations: list[dict]) -> Tensor | None:
+        if not self.uses_states:
+            return None
         states = []
         for i, obs in enumerate(observations):
             if "state" not in obs:

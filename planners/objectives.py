@@ -9,13 +9,14 @@ predicts for it and the goal image's latent, both layer-normed over the feature 
 * ``frames``: ``last`` scores only the final predicted frame; ``all`` averages every
   predicted frame with weights ``discount ** (H - 1 - h)`` (1 for the last frame), which
   rewards plans that get close early.
-* ``proprio_weight`` adds the L2 distance between the predicted and goal proprio state.
-  The predicted state is integrated from the actions (``state_h = state_0 + sum of
-  actions``, V-JEPA 2-AC's convention that an action is the change of the first A state
-  dims), so it needs the goal's proprio state, which is observed, not simulator truth.
+* ``proprio_weight`` adds the squared L2 distance between the final predicted proprio
+  state and the goal's (observed, not simulator-truth) proprio state. The state is
+  advanced with the world model's own rule (``WorldModel.next_states``), which is linear
+  in the actions, so the final state is one call on the summed actions.
 
 The context (current latent and state) is repeated for S candidates once per planning
-call and the goal latent is normalised once, so each iteration is one rollout call.
+call (not at all for one env: the world model broadcasts a batch-1 context) and the goal
+latent is normalised once, so each iteration is one ``world_model.rollout`` call.
 """
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ class ObjectiveConfig:
     discount: float = 1.0
     layer_norm: bool = True
     proprio_weight: float = 0.0
-    chunk_size: int | None = None  # candidates per rollout call; None = all E*S in one call
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -49,8 +49,6 @@ class ObjectiveConfig:
             raise ValueError(f"objective discount must be in (0, 1], got {self.discount}")
         if self.proprio_weight < 0:
             raise ValueError(f"objective proprio_weight must be >= 0, got {self.proprio_weight}")
-        if self.chunk_size is not None and self.chunk_size < 1:
-            raise ValueError(f"objective chunk_size must be >= 1 or None, got {self.chunk_size}")
 
 
 def normalize_latents(z: Tensor, layer_norm: bool = True) -> Tensor:
@@ -81,34 +79,42 @@ def frame_weights(horizon: int, frames: str, discount: float, device: torch.devi
 def build_cost_fn(
     world_model,
     z0: Tensor,
-    state0: Tensor,
+    state0: Tensor | None,
     z_goal: Tensor,
     config: ObjectiveConfig | None = None,
     goal_state: Tensor | None = None,
 ) -> CostFn:
     """Make ``cost_fn(actions (E,S,H,A)) -> (E,S)`` from per-env context and goal.
 
-    z0: (E, N, D) or (E, T0, N, D) current latents; state0: (E, Ds); z_goal: (E, N, D);
-    goal_state: (E, Ds) needed only when ``proprio_weight > 0``.
+    z0: (E, N, D) current-frame latents; state0: (E, Ds), or None for a
+    stateless world model; z_goal: (E, N, D); goal_state: (E, Ds), needed only when
+    ``proprio_weight > 0``. A context longer than one frame is not supported here because
+    the rollout would also need the actions between context frames.
     """
     config = config or ObjectiveConfig()
     config.validate()
     E = z0.shape[0]
     if z_goal.ndim != 3 or z_goal.shape[0] != E or z_goal.shape[-2:] != z0.shape[-2:]:
         raise ValueError(f"z_goal must be (E, N, D) = ({E}, {z0.shape[-2]}, {z0.shape[-1]}), got {tuple(z_goal.shape)}")
-    if state0.ndim != 2 or state0.shape[0] != E:
+    if z0.ndim != 3:
+        raise ValueError(f"z0 must be (E, N, D) current-frame latents, got {tuple(z0.shape)}")
+    if state0 is not None and (state0.ndim != 2 or state0.shape[0] != E):
         raise ValueError(f"state0 must be (E, Ds) with E={E}, got {tuple(state0.shape)}")
     if config.proprio_weight > 0:
-        if goal_state is None or goal_state.shape != state0.shape:
-            raise ValueError(f"proprio_weight > 0 needs goal_state of shape {tuple(state0.shape)}, got "
-                             f"{None if goal_state is None else tuple(goal_state.shape)}")
+        if state0 is None or goal_state is None or goal_state.shape != state0.shape:
+            expected = None if state0 is None else tuple(state0.shape)
+            got = None if goal_state is None else tuple(goal_state.shape)
+            raise ValueError(f"proprio_weight > 0 needs state0 and a goal_state of the same shape, got {expected} and {got}")
     goal = normalize_latents(z_goal, config.layer_norm)[:, None, None]  # (E, 1, 1, N, D)
-    expanded: dict[int, tuple[Tensor, Tensor]] = {}
+    expanded: dict[int, tuple[Tensor, Tensor | None]] = {}
 
-    def context_for(samples: int) -> tuple[Tensor, Tensor]:
+    def context_for(samples: int) -> tuple[Tensor, Tensor | None]:
+        if E == 1:
+            return z0, state0
         if samples not in expanded:  # repeat the context once per planning call, not per iteration
             expanded.clear()
-            expanded[samples] = (z0.repeat_interleave(samples, dim=0), state0.repeat_interleave(samples, dim=0))
+            expanded[samples] = (z0.repeat_interleave(samples, dim=0),
+                                 None if state0 is None else state0.repeat_interleave(samples, dim=0))
         return expanded[samples]
 
     def cost_fn(actions: Tensor) -> Tensor:
@@ -116,11 +122,7 @@ def build_cost_fn(
         if E_ != E:
             raise ValueError(f"cost_fn got actions for {E_} envs, expected {E}")
         z_ctx, s_ctx = context_for(S)
-        flat = actions.reshape(E * S, H, A)
-        chunk = config.chunk_size or E * S
-        preds = [world_model.rollout(z_ctx[i:i + chunk], s_ctx[i:i + chunk], flat[i:i + chunk])
-                 for i in range(0, E * S, chunk)]
-        pred = torch.cat(preds) if len(preds) > 1 else preds[0]  # (E*S, H, N, D)
+        pred = world_model.rollout(z_ctx, s_ctx, actions.reshape(E * S, H, A))  # (E*S, H, N, D)
         if config.frames == "last":
             pred = pred[:, -1:]
         pred = normalize_latents(pred, config.layer_norm).reshape(E, S, pred.shape[1], *pred.shape[-2:])
@@ -128,8 +130,8 @@ def build_cost_fn(
         weights = frame_weights(per_frame.shape[-1], "all" if config.frames == "all" else "last", config.discount, actions.device)
         cost = per_frame @ weights
         if config.proprio_weight > 0:
-            final_state = state0[:, None, :A] + actions.sum(dim=2)  # (E, S, A)
-            cost = cost + config.proprio_weight * (final_state - goal_state[:, None, :A]).pow(2).sum(-1)
+            final_state = world_model.next_states(state0[:, None], actions.sum(dim=2))  # (E, S, Ds)
+            cost = cost + config.proprio_weight * (final_state - goal_state[:, None]).pow(2).sum(-1)
         return cost
 
     return cost_fn

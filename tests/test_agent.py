@@ -1,0 +1,200 @@
+"""MPCAgent: bounds, time budget, warm start, batching, replanning cadence and bad input."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from planners import make_planner
+from planners.agent import MPCAgent
+from planners.objectives import ObjectiveConfig, build_cost_fn
+from jepa_world.models.vit import build_encoder
+from jepa_world.world_model import WorldModel, WorldModelConfig
+
+SIZE = 16
+
+
+def render_point(xy: np.ndarray) -> np.ndarray:
+    """A Gaussian blob at xy in [-1, 1]^2 on a (SIZE, SIZE, 3) uint8 image."""
+    coords = (np.arange(SIZE) + 0.5) / SIZE * 2 - 1
+    blob = np.exp(-((coords[None, :] - xy[0]) ** 2 + (coords[:, None] - xy[1]) ** 2) / (2 * 0.15 ** 2))
+    return np.repeat((blob * 255).astype(np.uint8)[..., None], 3, axis=2)
+
+
+class PointWorldModel(nn.Module):
+    """A smooth, exactly known world: the latent is the blob's position, actions move it.
+
+    encode reads the position back from pixels (brightness centroid); rollout integrates
+    actions. Optional ``delay_s`` per rollout makes it a slow model for budget tests.
+    """
+
+    def __init__(self, delay_s: float = 0.0):
+        super().__init__()
+        self.gain = nn.Parameter(torch.ones(()))
+        self.delay_s = delay_s
+        coords = (torch.arange(SIZE) + 0.5) / SIZE * 2 - 1
+        self.register_buffer("coords", coords)
+
+    @torch.no_grad()
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        w = frames[:, 0].float()  # (B, H, W)
+        w = w / w.sum(dim=(1, 2), keepdim=True)
+        x = (w.sum(1) * self.coords).sum(-1)
+        y = (w.sum(2) * self.coords).sum(-1)
+        return torch.stack([x, y], -1)[:, None, :]  # (B, N=1, D=2)
+
+    def rollout(self, z0, state0, actions):
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        return z0[:, None] + self.gain * actions.cumsum(1)[:, :, None, :]  # (S, H, 1, 2)
+
+
+def point_obs(xy):
+    return {"pixels": render_point(np.asarray(xy)), "state": np.asarray(xy, dtype=np.float32)}
+
+
+OBJECTIVE = ObjectiveConfig(metric="l2", layer_norm=False)
+LOW, HIGH = np.array([-0.2, -0.1], np.float32), np.array([0.2, 0.3], np.float32)
+
+
+def make_agent(model=None, planner="cem", **kwargs):
+    planner_cfg = kwargs.pop("planner_cfg", dict(samples=64, elites=8, iterations=8))
+    return MPCAgent(model or PointWorldModel(), make_planner(planner, **planner_cfg), action_low=LOW, action_high=HIGH,
+                    **{"horizon": 3, "objective": OBJECTIVE, **kwargs})
+
+
+@pytest.mark.parametrize("planner", ["cem", "mppi", "adam"])
+def test_agent_reaches_goal_and_stays_in_bounds(planner):
+    cfg = dict(samples=64, elites=8, iterations=8) if planner != "adam" else dict(samples=4, iterations=20, lr=0.2)
+    agent = make_agent(planner=planner, planner_cfg=cfg)
+    goal, xy = np.array([0.5, 0.6]), np.array([-0.4, -0.3])
+    agent.reset(render_point(goal))
+    start = np.linalg.norm(goal - xy)
+    for _ in range(12):
+        action = agent.act(point_obs(xy))
+        assert action.shape == (2,) and np.isfinite(action).all()
+        assert (action >= LOW - 1e-7).all() and (action <= HIGH + 1e-7).all()
+        xy = xy + action
+    assert np.linalg.norm(goal - xy) < 0.15 * start
+    assert agent.last_plan.shape == (1, 3, 2)
+    assert agent.last_energies.shape[0] == 1 and len(agent.plan_ms) == 12
+
+
+def test_agent_actions_inside_bounds_with_real_world_model():
+    encoder = build_encoder("tiny", img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    wm = WorldModel.create(encoder, action_dim=2, state_dim=2, config=WorldModelConfig(integrated_state_dims=(0, 1)),
+                           dim=32, depth=1, num_heads=2).eval()
+    agent = MPCAgent(wm, make_planner("mppi", samples=32, elites=4, iterations=3), horizon=2,
+                     action_low=LOW, action_high=HIGH)
+    agent.reset(render_point(np.array([0.3, 0.3])))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        action = agent.act(point_obs(rng.uniform(-0.8, 0.8, 2)))
+        assert (action >= LOW).all() and (action <= HIGH).all()
+    assert np.isfinite(agent.stats.energies[-1]).all()
+
+
+def test_time_budget_honoured_within_20_percent_on_slow_model():
+    budget = 0.4
+    agent = make_agent(PointWorldModel(delay_s=0.03), planner_cfg=dict(samples=32, elites=4, iterations=10_000),
+                       time_budget_s=budget)
+    agent.reset(render_point(np.array([0.5, 0.5])))
+    for _ in range(3):
+        start = time.perf_counter()
+        agent.act(point_obs([0.0, 0.0]))
+        elapsed = time.perf_counter() - start
+        assert 0.8 * budget <= elapsed <= 1.2 * budget, elapsed
+        assert agent.last_result.iterations > 3  # it used the budget, not one iteration
+
+
+def iterations_to_reach(costs: torch.Tensor, tol: float) -> int:
+    reached = (costs.cummin(dim=-1).values <= tol).nonzero()
+    return int(reached[0, -1]) + 1 if len(reached) else costs.shape[-1] + 1
+
+
+def test_warm_start_reduces_iterations_needed():
+    # Scoring every frame gives a unique optimal trajectory, so later plans overlap the
+    # shifted earlier one; both agents see the same observations.
+    objective = ObjectiveConfig(metric="l2", layer_norm=False, frames="all")
+    needed = {True: 0, False: 0}
+    for seed in range(3):
+        agents = {warm: make_agent(planner_cfg=dict(samples=32, elites=6, iterations=12), horizon=4,
+                                   warm_start=warm, objective=objective, seed=seed) for warm in needed}
+        for agent in agents.values():
+            agent.reset(render_point(np.array([0.5, 0.6])))
+        pos = np.array([-0.1, -0.05])
+        for step in range(5):
+            action = agents[True].act(point_obs(pos))
+            agents[False].act(point_obs(pos))
+            pos = pos + action
+            if step:  # the first call has nothing to warm-start from
+                for warm, agent in agents.items():
+                    needed[warm] += iterations_to_reach(agent.last_result.costs[0], tol=2e-3)
+    assert needed[True] < 0.7 * needed[False], needed
+
+
+def test_batched_envs_match_separate_agents():
+    goals = [np.array([0.5, 0.1]), np.array([-0.3, 0.6])]
+    starts = [np.array([0.0, 0.0]), np.array([0.2, -0.4])]
+    batched = make_agent()
+    batched.reset(np.stack([render_point(g) for g in goals]), seeds=[5, 9])
+    actions = batched.act_batch([point_obs(s) for s in starts])
+    for e, seed in enumerate([5, 9]):
+        single = make_agent(seed=seed)
+        single.reset(render_point(goals[e]))
+        np.testing.assert_allclose(actions[e], single.act(point_obs(starts[e])), atol=1e-5)
+
+
+def test_replan_every_executes_plan_then_replans():
+    agent = make_agent(horizon=4, replan_every=2)
+    agent.reset(render_point(np.array([0.5, 0.5])))
+    first = agent.act(point_obs([0, 0]))
+    plan = agent.last_plan.clone()
+    second = agent.act(point_obs([0.1, 0.1]))
+    np.testing.assert_allclose(first, plan[0, 0].numpy())
+    np.testing.assert_allclose(second, plan[0, 1].numpy())
+    agent.act(point_obs([0.2, 0.2]))
+    assert len(agent.plan_ms) == 2
+
+
+def test_proprio_term_pulls_toward_goal_state():
+    model = PointWorldModel()
+    z = model.encode(torch.as_tensor(render_point(np.zeros(2)))[None].permute(0, 3, 1, 2))
+    cfg = ObjectiveConfig(metric="l2", layer_norm=False, proprio_weight=1.0)
+
+    class WithStates(PointWorldModel):
+        def next_states(self, states, actions):
+            return states + actions
+
+    cost_fn = build_cost_fn(WithStates(), z, torch.zeros(1, 2), z, cfg, goal_state=torch.tensor([[0.3, 0.0]]))
+    actions = torch.zeros(1, 2, 1, 2)
+    actions[0, 1, 0, 0] = 0.3  # reaches the goal state but moves the latent away
+    costs = cost_fn(actions)[0]
+    torch.testing.assert_close(costs, torch.tensor([0.09, 0.045]))
+
+
+def test_bad_observations_and_settings_raise_clear_errors():
+    agent = make_agent()
+    with pytest.raises(RuntimeError, match=r"call reset\(goal_image\)"):
+        agent.act(point_obs([0, 0]))
+    with pytest.raises(ValueError, match="goal image 0 is blank"):
+        agent.reset(np.zeros((SIZE, SIZE, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"\(H, W, 3\).*got shape \(16, 16, 4\)"):
+        agent.reset(np.zeros((SIZE, SIZE, 4), np.uint8))
+    agent.reset(render_point(np.array([0.5, 0.5])))
+    nan_obs = {"pixels": np.full((SIZE, SIZE, 3), np.nan, np.float32), "state": np.zeros(2, np.float32)}
+    with pytest.raises(ValueError, match="NaN"):
+        agent.act(nan_obs)
+    with pytest.raises(ValueError, match="observation 0 is blank"):
+        agent.act({"pixels": np.full((SIZE, SIZE, 3), 255, np.uint8), "state": np.zeros(2)})
+    with pytest.raises(ValueError, match="state contains NaN"):
+        agent.act({"pixels": render_point(np.zeros(2)), "state": np.array([np.nan, 0.0])})
+    with pytest.raises(ValueError, match=r"got 2 observations for an agent reset with 1 goals"):
+        agent.act_batch([point_obs([0, 0])] * 2)
+    with pytest.raises(ValueError, match=r"replan_every must be in \[1, horizon=3\], got 4"):
+        make_agent(replan_every=4)
+    with pytest.raises(ValueError, match="needs action_low and action_high"):
+        MPCAgent(PointWorldModel(), make_planner("cem"))
+    with pytest.raises(ValueError, match="unknown objective metric 'l3'"):
+        make_agent(objective=ObjectiveConfig(metric="l3"))
