@@ -173,3 +173,18 @@ def test_encoder_trains_and_handles_bf16():
     assert losses[-1] < 0.8 * losses[0]
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.isfinite(enc(video).float()).all()
+
+
+def test_attention_matches_torch_multihead_attention():
+    from jepa_world.models.layers import Attention
+
+    torch.manual_seed(0)
+    ours = Attention(48, 4)
+    theirs = torch.nn.MultiheadAttention(48, 4, batch_first=True)
+    with torch.no_grad():
+        theirs.in_proj_weight.copy_(ours.qkv.weight)
+        theirs.in_proj_bias.copy_(ours.qkv.bias)
+        theirs.out_proj.weight.copy_(ours.proj.weight)
+        theirs.out_proj.bias.copy_(ours.proj.bias)
+        x = torch.randn(2, 10, 48)
+        torch.testing.assert_close(ours(x), theirs(x, x, x, need_weights=False)[0])

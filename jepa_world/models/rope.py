@@ -62,10 +62,10 @@ def rope_tables(
         raise ValueError(f"unknown RoPE layout {layout!r}; expected one of {ROPE_LAYOUTS}")
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+    if positions.dim() not in (2, 3) or positions.shape[-1] != 3:
+        raise ValueError(f"positions must be (N, 3) or (B, N, 3) over (t, h, w), got shape {tuple(positions.shape)}")
     if positions.dim() == 2:
         positions = positions.unsqueeze(0)
-    if positions.shape[-1] != 3:
-        raise ValueError(f"positions must end in 3 axes (t, h, w), got shape {tuple(positions.shape)}")
     seg = axis_segment_width(head_dim)
     omega = axis_frequencies(seg, theta, device=positions.device)  # (seg/2,)
     angles = positions.to(torch.float32).unsqueeze(-1) * omega  # (B, N, 3, seg/2)
