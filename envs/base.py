@@ -47,14 +47,14 @@ class GoalImageEnv(gym.Env):
         action_low: np.ndarray,
         action_high: np.ndarray,
         image_size: int = 64,
-        camera: str = "front",
+        camera: str | mujoco.MjvCamera = "front",
         render_mode: str | None = None,
         terminate_on_success: bool = False,
     ) -> None:
         if render_mode not in (None, "rgb_array"):
             raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
         self.image_size = check_image_size(image_size)
-        if mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
+        if isinstance(camera, str) and mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, camera) < 0:
             names = [model.camera(i).name for i in range(model.ncam)]
             raise ValueError(f"camera {camera!r} not in the model; available cameras: {names}")
         self.model = model
