@@ -130,6 +130,7 @@ def save_checkpoint(
         if train_state is not None:
             torch.save(dict(train_state), temp / TRAIN_STATE_FILE)
         for path in temp.iterdir():
+            path.chmod(0o644)  # safetensors writes 0600 temp files; checkpoints are meant to be shared
             _fsync_path(path)
         _fsync_path(temp)
         _publish_directory(temp, target)
