@@ -1,0 +1,406 @@
+"""Episode runner, videos, plots and JSON reports shared by scripts/plan.py and scripts/evaluate.py.
+
+``run_episodes`` drives E envs in lockstep with one batched ``MPCAgent``: each env is reset
+from its own seed, its goal image is read once, and from then on the agent sees only
+observations. Simulator ground truth (``info["is_success"]``, ``info["distance"]``) is
+recorded for the report, never fed back: planning cannot stop early on it. Every episode
+ends after at most ``max_steps`` steps, or earlier when the env terminates/truncates.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from planners import make_planner
+from planners.agent import MPCAgent
+from planners.objectives import ObjectiveConfig
+
+log = logging.getLogger(__name__)
+
+VIDEO_SCALE = 4  # 64 px renders are upscaled so the video is readable
+STRIP_HEIGHT = 56  # px of energy text + sparkline under the two images
+
+
+@dataclass
+class EpisodeResult:
+    episode_ix: int
+    seed: int
+    success: bool | None  # judged on simulator state at the last step; None when the goal is image-only
+    final_distance: float | None
+    steps: int
+    plan_ms: list[float] = field(default_factory=list)  # wall time of each agent.act call (the batched call)
+    energies: list[float] = field(default_factory=list)  # predicted energy of the plan in use, per step
+    distances: list[float] = field(default_factory=list)  # simulator distance per step, for plots only
+    initial_distance: float | None = None
+    video_path: str | None = None
+
+    @property
+    def plan_ms_median(self) -> float:
+        return float(np.median(self.plan_ms)) if self.plan_ms else math.nan
+
+    def summary(self) -> dict[str, Any]:
+        """The per-episode record of eval_info.json (LeRobot's keys plus planning ones)."""
+        return {
+            "episode_ix": self.episode_ix,
+            "seed": self.seed,
+            "success": self.success,
+            "final_distance": self.final_distance,
+            "initial_distance": self.initial_distance,
+            "steps": self.steps,
+            "plan_ms_median": _finite_or_none(self.plan_ms_median),
+            "final_energy": self.energies[-1] if self.energies else None,
+        }
+
+
+def _finite_or_none(value: Any) -> float | None:
+    return None if value is None or not math.isfinite(float(value)) else float(value)
+
+
+def run_episodes(
+    envs: Sequence[gym.Env],
+    agent: MPCAgent,
+    seeds: Sequence[int],
+    max_steps: int,
+    episode_ids: Sequence[int] | None = None,
+    reset_options: Sequence[dict | None] | None = None,
+    record_video: Sequence[bool] | bool = False,
+) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
+    """Run one episode per env in lockstep with batched planning.
+
+    Returns the results and, per env, the composed video frames (empty lists where
+    ``record_video`` is False).
+    """
+    E = len(envs)
+    if E == 0 or len(seeds) != E:
+        raise ValueError(f"need one seed per env, got {len(seeds)} seeds for {E} envs")
+    if max_steps < 1:
+        raise ValueError(f"max_steps (the per-episode step budget) must be >= 1, got {max_steps}")
+    episode_ids = list(range(E)) if episode_ids is None else list(episode_ids)
+    reset_options = [None] * E if reset_options is None else list(reset_options)
+    record = [record_video] * E if isinstance(record_video, bool) else list(record_video)
+
+    observations, goals, infos = [], [], []
+    for env, seed, options in zip(envs, seeds, reset_options):
+        obs, info = env.reset(seed=int(seed), options=options)
+        observations.append(obs)
+        infos.append(info)
+        goals.append(env.unwrapped.goal_image())
+    agent.reset(np.stack(goals), seeds=[int(s) for s in seeds])
+    results = [EpisodeResult(int(ix), int(seed), None, None, 0, initial_distance=_finite_or_none(info.get("distance")))
+               for ix, seed, info in zip(episode_ids, seeds, infos)]
+    frames: list[list[np.ndarray]] = [[] for _ in range(E)]
+    active = np.ones(E, dtype=bool)
+
+    for _ in range(max_steps):
+        start = time.perf_counter()
+        actions = agent.act_batch(observations)
+        act_ms = (time.perf_counter() - start) * 1e3
+        energies = agent.stats.energies[-1]  # predicted energy of the plan being executed
+        for e in np.flatnonzero(active):
+            if record[e]:
+                frames[e].append(compose_frame(observations[e]["pixels"], goals[e], results[e].energies + [float(energies[e])],
+                                               results[e].steps))
+            obs, _, terminated, truncated, info = envs[e].step(actions[e])
+            observations[e], infos[e] = obs, info
+            res = results[e]
+            res.steps += 1
+            res.plan_ms.append(act_ms)
+            res.energies.append(float(energies[e]))
+            res.distances.append(float(info.get("distance", math.nan)))
+            if terminated or truncated:
+                active[e] = False
+        if not active.any():
+            break
+
+    for e, res in enumerate(results):  # the only place simulator success is read
+        res.success = None if infos[e].get("is_success") is None else bool(infos[e]["is_success"])
+        res.final_distance = _finite_or_none(infos[e].get("distance"))
+        if record[e]:
+            frames[e].append(compose_frame(observations[e]["pixels"], goals[e], res.energies, res.steps))
+    return results, frames
+
+
+# ---------------------------------------------------------------------------- setup from configs
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def route_model_override(argv: list[str]) -> list[str]:
+    """Let users write ``model=DIR`` on the command line: conf/model/ is the encoder-size config
+    group, so Hydra would read a bare ``model=`` as a group choice. It becomes ``model_dir=DIR``."""
+    return [f"model_dir={arg[len('model='):]}" if arg.startswith("model=") else arg for arg in argv]
+
+
+def train_hint(env_name: str) -> str:
+    return (f"train one with `python scripts/collect.py env={env_name} episodes=200 output_dir=data/{env_name}` then "
+            f"`python scripts/posttrain.py env={env_name} data=data/{env_name}`, and pass model=<its output dir>")
+
+
+def resolve_model_dir(model: str, env_name: str) -> Path:
+    """A world-model directory, relative to the cwd or the repo root; clear error when missing."""
+    path = Path(model).expanduser()
+    candidates = [path] if path.is_absolute() else [Path.cwd() / path, REPO_ROOT / path]
+    for candidate in candidates:
+        if (candidate / "config.json").is_file():
+            return candidate
+    tried = ", ".join(str(c) for c in candidates)
+    raise FileNotFoundError(f"no world model at model={model} (looked for config.json in {tried}); "
+                            f"{train_hint(env_name)}")
+
+
+def load_world_model(model: str, env_name: str, device: str = "cpu"):
+    from jepa_world.world_model import WorldModel
+
+    directory = resolve_model_dir(model, env_name)
+    return WorldModel.from_pretrained(directory, map_location=device).eval().requires_grad_(False)
+
+
+def model_image_size(world_model) -> int | None:
+    encoder_cfg = getattr(getattr(world_model, "encoder", None), "cfg", None)
+    return getattr(encoder_cfg, "img_size", None)
+
+
+def make_env(env_cfg: dict[str, Any], image_size: int | None = None) -> gym.Env:
+    """Build the env named in conf/env/<name>.yaml at the world model's image size."""
+    import envs
+
+    name = env_cfg["name"]
+    size = image_size or env_cfg.get("image_size", 64)
+    if image_size and env_cfg.get("image_size") not in (None, image_size):
+        log.warning("env.image_size=%s but the world model was trained at %s px; rendering at %s px",
+                    env_cfg.get("image_size"), image_size, image_size)
+    return envs.make(name, image_size=size, **env_cfg.get("kwargs", {}))
+
+
+def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
+    """MPCAgent from a plan/evaluate config: planner group, horizon, budget, objective."""
+    planner_cfg = dict(cfg["planner"])
+    name = planner_cfg.pop("name", None)
+    if name is None:
+        raise ValueError("planner config has no 'name' (expected planner=cem|mppi|adam)")
+    objective = ObjectiveConfig(**cfg.get("objective", {}))
+    if objective.proprio_weight > 0:
+        raise ValueError("objective.proprio_weight > 0 needs the goal's proprio state, which a goal image does not "
+                         "carry; use the Python API (MPCAgent.reset(goal_image, goal_state=...)) for that")
+    return MPCAgent(world_model, make_planner(name, **planner_cfg), horizon=int(cfg["horizon"]),
+                    replan_every=int(cfg["replan_every"]), time_budget_s=cfg.get("time_budget_s"),
+                    action_low=env.action_space.low, action_high=env.action_space.high, objective=objective,
+                    warm_start=bool(cfg.get("warm_start", True)), seed=int(cfg.get("seed", 0)))
+
+
+def set_threads(threads: int | None) -> None:
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1 or null, got {threads}")
+        torch.set_num_threads(int(threads))
+
+
+# ---------------------------------------------------------------------------- goals
+def load_goal_image(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Read an RGB goal image file as (size, size, 3) uint8, resizing (with a warning) if needed."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"goal image {path} does not exist (pass goal=<png/jpg file> or goal=seed:N)")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode, image = image.mode, image.copy()
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"goal image {path} is not a readable image file: {err}") from err
+    channels = len(image.getbands())
+    if mode != "RGB":
+        raise ValueError(f"goal image {path} has {channels} channel(s) (mode {mode}); expected a 3-channel RGB image")
+    if image.size != (size, size):
+        message = f"goal image {path} is {image.size[0]}x{image.size[1]}, resizing to the env's {size}x{size}"
+        warnings.warn(message, stacklevel=2)
+        log.warning(message)
+        image = image.resize((size, size), Image.BILINEAR)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def parse_goal(goal: str | int, env: gym.Env) -> dict[str, Any]:
+    """``seed:N`` -> reset options sampling the env's goal from seed N; a file path -> an image-only
+    goal set on the env (success then reported as null)."""
+    spec = str(goal)
+    if spec.startswith("seed:"):
+        value = spec.removeprefix("seed:")
+        if not value.isdigit():
+            raise ValueError(f"goal={spec!r}: expected seed:N with N a non-negative integer")
+        return {"goal_seed": int(value)}
+    image = load_goal_image(spec, env.unwrapped.image_size)
+    env.unwrapped.set_goal_image(image)
+    return {"keep_goal": True}
+
+
+# ---------------------------------------------------------------------------- rendering
+def compose_frame(obs: np.ndarray, goal: np.ndarray, energies: list[float], step: int,
+                  scale: int = VIDEO_SCALE) -> np.ndarray:
+    """Observation | goal side by side with the step, energy and an energy sparkline underneath."""
+    from PIL import Image, ImageDraw
+
+    pair = np.concatenate([obs, goal], axis=1).repeat(scale, axis=0).repeat(scale, axis=1)  # (h, 2w, 3)
+    height, width = pair.shape[:2]
+    canvas = Image.new("RGB", (width, height + STRIP_HEIGHT), (20, 20, 20))
+    canvas.paste(Image.fromarray(pair), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    energy = f"{energies[-1]:.4f}" if energies else "-"
+    draw.text((4, height + 2), f"step {step}  energy {energy}", fill=(255, 255, 255))
+    draw.text((width // 2 + 4, 2), "goal", fill=(255, 255, 0))
+    draw.text((4, 2), "observation", fill=(255, 255, 0))
+    if len(energies) > 1:
+        values = np.asarray(energies, dtype=np.float64)
+        lo, hi = values.min(), values.max()
+        span = hi - lo if hi > lo else 1.0
+        top, bottom = height + 18, height + STRIP_HEIGHT - 4
+        xs = np.linspace(4, width - 4, len(values))
+        ys = bottom - (values - lo) / span * (bottom - top)
+        draw.line(list(zip(xs.tolist(), ys.tolist())), fill=(80, 200, 255), width=2)
+    return np.asarray(canvas)
+
+
+def atomic_path(path: Path) -> Path:
+    """A temp file beside ``path`` (same filesystem, so os.replace is atomic)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports unreadable to other users
+    return Path(tmp)
+
+
+def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int = 10) -> Path:
+    """H.264 mp4 (yuv420p, readable by decord) written atomically."""
+    import av
+
+    if not frames:
+        raise ValueError(f"no frames to write to {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    height, width = frames[0].shape[:2]
+    try:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps)
+            stream.width, stream.height = width - width % 2, height - height % 2
+            stream.pix_fmt = "yuv420p"
+            for frame in frames:
+                image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
+                container.mux(stream.encode(image))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_json(path: str | os.PathLike, payload: Any) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def plot_energy(path: str | os.PathLike, result: EpisodeResult, iteration_costs: np.ndarray | None = None) -> Path:
+    """energy.png: predicted energy per step (and the simulator distance when known), plus the
+    per-iteration energies of the last planning call."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    path = Path(path)
+    panels = 2 if iteration_costs is not None else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 3.5), squeeze=False)
+    ax = axes[0, 0]
+    steps = np.arange(1, len(result.energies) + 1)
+    ax.plot(steps, result.energies, color="tab:blue", label="predicted energy")
+    ax.set_xlabel("step")
+    ax.set_ylabel("energy", color="tab:blue")
+    distances = np.asarray(result.distances, dtype=np.float64)
+    if distances.size and np.isfinite(distances).any():
+        twin = ax.twinx()
+        twin.plot(steps, distances, color="tab:red", label="distance to goal (sim)")
+        twin.set_ylabel("distance (m, simulator)", color="tab:red")
+    ax.set_title(f"episode seed {result.seed}")
+    if iteration_costs is not None:
+        axes[0, 1].plot(np.arange(1, len(iteration_costs) + 1), iteration_costs, marker="o")
+        axes[0, 1].set_xlabel("planner iteration (last call)")
+        axes[0, 1].set_ylabel("best energy")
+        axes[0, 1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+# ---------------------------------------------------------------------------- reports
+def plan_result(result: EpisodeResult, video_path: str | None) -> dict[str, Any]:
+    """result.json of scripts/plan.py."""
+    return {
+        "success": result.success,
+        "final_distance": result.final_distance,
+        "initial_distance": result.initial_distance,
+        "steps": result.steps,
+        "plan_ms": result.plan_ms,
+        "plan_ms_median": _finite_or_none(result.plan_ms_median),
+        "energies": result.energies,
+        "distances": [_finite_or_none(d) for d in result.distances],
+        "seed": result.seed,
+        "video_path": video_path,
+    }
+
+
+def eval_info(results: Sequence[EpisodeResult], eval_s: float, video_paths: Sequence[str],
+              settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """eval_info.json in LeRobot's shape: per_episode, aggregated, video_paths."""
+    judged = [r.success for r in results if r.success is not None]
+    distances = [r.final_distance for r in results if r.final_distance is not None]
+    plan_ms = [ms for r in results for ms in r.plan_ms]
+    aggregated = {
+        "pc_success": 100.0 * float(np.mean(judged)) if judged else None,
+        "n_episodes": len(results),
+        "eval_s": eval_s,
+        "eval_ep_s": eval_s / max(len(results), 1),
+        "avg_final_distance": float(np.mean(distances)) if distances else None,
+        "plan_ms_median": float(np.median(plan_ms)) if plan_ms else None,
+        "avg_steps": float(np.mean([r.steps for r in results])) if results else None,
+    }
+    payload = {"per_episode": [r.summary() for r in results], "aggregated": aggregated, "video_paths": list(video_paths)}
+    if settings is not None:
+        payload["settings"] = settings
+    return payload
+
+
+def episode_seeds(start_seed: int, episodes: int) -> list[int]:
+    """LeRobot's convention: episode i uses seed start_seed + i."""
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    return [start_seed + i for i in range(episodes)]
+
+
+__all__ = ["EpisodeResult", "compose_frame", "episode_seeds", "eval_info", "plan_result", "plot_energy",
+           "run_episodes", "write_json", "write_video"]

@@ -1,0 +1,81 @@
+"""Zero-shot evaluation: success rate of latent MPC over seeded episodes.
+
+    python scripts/evaluate.py env=reach episodes=50 seed=1000 [model=DIR num_envs=8 planner=mppi ...]
+
+Episode i resets the env (start and goal) and the planner with seed + i; num_envs episodes are
+planned together in one batch. Writes output_dir/eval_info.json in LeRobot's shape and up to
+max_videos mp4s. Planning sees only observations and goal images; simulator success is read
+once, at each episode's last step.
+"""
+import logging
+import os
+import sys
+import time
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from jepa_world import evaluation as ev  # noqa: E402
+
+log = logging.getLogger("evaluate")
+
+
+def evaluate(cfg: dict) -> dict:
+    ev.set_threads(cfg.get("threads"))
+    seeds = ev.episode_seeds(int(cfg["seed"]), int(cfg["episodes"]))
+    if int(cfg["max_steps"]) < 1:
+        raise ValueError(f"max_steps (the per-episode step budget) must be >= 1, got {cfg['max_steps']}")
+    if int(cfg["num_envs"]) < 1:
+        raise ValueError(f"num_envs must be >= 1, got {cfg['num_envs']}")
+    world_model = ev.load_world_model(str(cfg["model_dir"]), cfg["env"]["name"], cfg["device"])
+    num_envs = min(int(cfg["num_envs"]), len(seeds))
+    envs = [ev.make_env(cfg["env"], ev.model_image_size(world_model)) for _ in range(num_envs)]
+    agent = ev.build_agent(cfg, world_model, envs[0])
+    out = os.path.abspath(cfg["output_dir"])
+    results, video_paths = [], []
+    start = time.perf_counter()
+    try:
+        with tqdm(total=len(seeds), desc=f"evaluate {cfg['env']['name']}", unit="ep") as bar:
+            for first in range(0, len(seeds), num_envs):
+                batch = seeds[first:first + num_envs]
+                ids = list(range(first, first + len(batch)))
+                record = [ix < int(cfg["max_videos"]) for ix in ids]
+                batch_results, frames = ev.run_episodes(envs[:len(batch)], agent, batch, int(cfg["max_steps"]),
+                                                        episode_ids=ids, record_video=record)
+                for result, episode_frames in zip(batch_results, frames):
+                    if episode_frames:
+                        path = ev.write_video(os.path.join(out, "videos", f"eval_episode_{result.episode_ix}.mp4"),
+                                              episode_frames, fps=int(cfg["fps"]))
+                        result.video_path = str(path)
+                        video_paths.append(str(path))
+                results.extend(batch_results)
+                judged = [r.success for r in results if r.success is not None]
+                bar.update(len(batch))
+                bar.set_postfix(success=f"{sum(judged)}/{len(judged)}" if judged else "n/a")
+    finally:
+        for env in envs:
+            env.close()
+    settings = {key: cfg[key] for key in ("model_dir", "episodes", "seed", "num_envs", "max_steps", "horizon",
+                                          "replan_every", "time_budget_s", "planner", "objective")}
+    settings["env"] = cfg["env"]["name"]
+    info = ev.eval_info(results, time.perf_counter() - start, video_paths, settings)
+    ev.write_json(os.path.join(out, "eval_info.json"), info)
+    return info
+
+
+@hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
+def main(cfg: DictConfig) -> None:
+    info = evaluate(OmegaConf.to_container(cfg, resolve=True))
+    agg = info["aggregated"]
+    success = "unknown" if agg["pc_success"] is None else f"{agg['pc_success']:.1f}%"
+    print(f"{cfg.env.name}: success {success} over {agg['n_episodes']} episodes, mean final distance "
+          f"{agg['avg_final_distance']:.3f}, plan_ms_median {agg['plan_ms_median']:.1f}, {agg['eval_s']:.1f}s "
+          f"-> {cfg.output_dir}/eval_info.json")
+
+
+if __name__ == "__main__":
+    sys.argv = ev.route_model_override(sys.argv)
+    main()
