@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from .files import UnreadableFileError
 from .synthetic import MovingShapesDataset, write_moving_shapes_videos
 from .transforms import IMAGENET_MEAN, IMAGENET_STD, ClipTransform, denormalize, frames_to_clip, normalize
 
@@ -24,6 +25,7 @@ __all__ = [
     "IMAGENET_STD",
     "ImageFolderDataset",
     "MovingShapesDataset",
+    "UnreadableFileError",
     "VideoFolderDataset",
     "denormalize",
     "frames_to_clip",
