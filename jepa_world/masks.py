@@ -365,9 +365,11 @@ class MaskCollator:
 
     def __call__(self, samples: Sequence[Any]) -> tuple[Any, ...]:
         batch = default_collate(samples)
-        clips = batch if isinstance(batch, Tensor) else batch[0]
+        clips = batch[0] if isinstance(batch, (tuple, list)) else batch
         if not isinstance(clips, Tensor):
-            raise TypeError(f"MaskCollator: samples must be a clip tensor or (clip, *extras); got {type(clips)}")
+            raise TypeError(
+                f"MaskCollator: samples must be a clip tensor or a tuple (clip, *extras); got {type(samples[0]).__name__}"
+            )
         grid = token_grid_shape(clips.shape[1:], self.patch_size, self.tubelet_size)
         masks = self.masks_for(clips.shape[0], grid, self._next_batch_index())
         if isinstance(batch, Tensor):

@@ -253,3 +253,5 @@ def test_collator_rejects_bad_arguments():
         MaskCollator([])
     with pytest.raises(ValueError, match="MaskCollator.seed=-1"):
         MaskCollator(build_mask_generators("vjepa2"), seed=-1)
+    with pytest.raises(TypeError, match="got dict"):
+        MaskCollator(build_mask_generators("vjepa2"))([{"clip": torch.zeros(3, 2, 16, 16)}])
