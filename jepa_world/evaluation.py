@@ -198,6 +198,17 @@ def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
                     warm_start=bool(cfg.get("warm_start", True)), seed=int(cfg.get("seed", 0)))
 
 
+SETTING_KEYS = ("model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every",
+                "time_budget_s", "warm_start", "planner", "objective")
+
+
+def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The resolved settings that decide a run, recorded in its JSON report."""
+    settings = {key: cfg[key] for key in SETTING_KEYS if key in cfg}
+    settings["env"] = cfg["env"]["name"]
+    return settings
+
+
 def set_threads(threads: int | None) -> None:
     if threads is not None:
         if threads < 1:
@@ -358,7 +369,7 @@ def plot_energy(path: str | os.PathLike, result: EpisodeResult, iteration_costs:
 
 
 # ---------------------------------------------------------------------------- reports
-def plan_result(result: EpisodeResult, video_path: str | None) -> dict[str, Any]:
+def plan_result(result: EpisodeResult, video_path: str | None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """result.json of scripts/plan.py."""
     return {
         "success": result.success,
@@ -371,6 +382,7 @@ def plan_result(result: EpisodeResult, video_path: str | None) -> dict[str, Any]
         "distances": [_finite_or_none(d) for d in result.distances],
         "seed": result.seed,
         "video_path": video_path,
+        "settings": settings or {},
     }
 
 

@@ -58,10 +58,7 @@ def evaluate(cfg: dict) -> dict:
     finally:
         for env in envs:
             env.close()
-    settings = {key: cfg[key] for key in ("model_dir", "episodes", "seed", "num_envs", "max_steps", "horizon",
-                                          "replan_every", "time_budget_s", "planner", "objective")}
-    settings["env"] = cfg["env"]["name"]
-    info = ev.eval_info(results, time.perf_counter() - start, video_paths, settings)
+    info = ev.eval_info(results, time.perf_counter() - start, video_paths, ev.run_settings(cfg))
     ev.write_json(os.path.join(out, "eval_info.json"), info)
     return info
 

@@ -37,7 +37,7 @@ def plan_episode(cfg: dict) -> dict:
     video = str(ev.write_video(os.path.join(out, "episode.mp4"), frames, fps=int(cfg["fps"]))) if frames else None
     last_costs = agent.last_energies[0].cpu().numpy() if agent.last_energies is not None else None
     ev.plot_energy(os.path.join(out, "energy.png"), result, last_costs)
-    payload = ev.plan_result(result, video)
+    payload = ev.plan_result(result, video, ev.run_settings(cfg))
     ev.write_json(os.path.join(out, "result.json"), payload)
     return payload
 

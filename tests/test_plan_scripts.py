@@ -1,0 +1,148 @@
+"""scripts/plan.py and scripts/evaluate.py on the real reach env with a small random world model."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import decord
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import MissingConfigException
+from PIL import Image
+
+import envs
+from jepa_world import evaluation as ev
+from jepa_world.models.vit import build_encoder
+from jepa_world.world_model import WorldModel, WorldModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["max_steps=3", "horizon=2", "planner.samples=16", "planner.elites=4", "planner.iterations=2", "fps=4"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    encoder = build_encoder("tiny", img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    wm = WorldModel.create(encoder, action_dim=3, state_dim=9,
+                           config=WorldModelConfig(latent_pool=2, integrated_state_dims=(0, 1, 2)),
+                           dim=32, depth=1, num_heads=2)
+    return wm.save_pretrained(tmp_path_factory.mktemp("wm"))
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def config(name, overrides):
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(str(ROOT / "conf"), version_base=None):
+        cfg = compose(name, overrides=ev.route_model_override(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def reach_goal_image(seed=3):
+    env = envs.make("reach")
+    env.reset(seed=0, options={"goal_seed": seed})
+    image = env.unwrapped.goal_image()
+    env.close()
+    return image
+
+
+def test_plan_cli_writes_result_video_and_plot(model_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "scripts/plan.py", "env=reach", f"model={model_dir}", "goal=seed:3", f"output_dir={out}",
+         "planner=mppi", "planner.samples=24", *FAST[:2], "planner.elites=4", "planner.iterations=2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = [line for line in proc.stdout.splitlines() if line.strip() and not line.startswith("[")]  # not logs
+    assert len(summary) == 1 and "success=" in summary[0] and "final_distance=" in summary[0]
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 3 and len(result["plan_ms"]) == 3 and len(result["energies"]) == 3
+    assert isinstance(result["success"], bool)  # a seed goal has a simulator state, so success is known
+    assert result["final_distance"] > 0
+    assert result["settings"]["planner"]["name"] == "mppi" and result["settings"]["planner"]["samples"] == 24
+    video = decord.VideoReader(str(out / "episode.mp4"))
+    assert len(video) == 4  # one frame per step plus the final observation
+    frame = video[0].asnumpy()
+    assert frame.shape[1] == 2 * frame.shape[0] - 2 * ev.STRIP_HEIGHT or frame.shape[1] == 512
+    assert (out / "energy.png").stat().st_size > 1000
+
+
+def test_plan_with_goal_image_file_resizes_with_warning_and_reports_unknown_success(model_dir, tmp_path):
+    goal = Image.fromarray(reach_goal_image()).resize((80, 80))
+    goal.save(tmp_path / "goal.png")
+    cfg = config("plan", ["env=reach", f"model={model_dir}", f"goal={tmp_path / 'goal.png'}",
+                          f"output_dir={tmp_path / 'out'}", "video=false", *FAST])
+    with pytest.warns(UserWarning, match=r"goal image .*goal.png is 80x80, resizing to the env's 64x64"):
+        payload = load_script("plan").plan_episode(cfg)
+    assert payload["success"] is None and payload["final_distance"] is None  # image-only goal: never guessed
+    assert payload["steps"] == 3
+
+
+def test_plan_bad_goal_and_model_inputs(model_dir, tmp_path):
+    plan = load_script("plan")
+    base = ["env=reach", f"model={model_dir}", f"output_dir={tmp_path / 'out'}", *FAST]
+    with pytest.raises(FileNotFoundError, match=r"goal image .*missing.png does not exist"):
+        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'missing.png'}"]))
+    (tmp_path / "text.png").write_text("not an image")
+    with pytest.raises(ValueError, match=r"text.png is not a readable image file"):
+        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'text.png'}"]))
+    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "gray.png")
+    with pytest.raises(ValueError, match=r"gray.png has 1 channel\(s\) \(mode L\); expected a 3-channel RGB"):
+        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'gray.png'}"]))
+    Image.fromarray(np.full((64, 64, 4), 128, np.uint8)).save(tmp_path / "rgba.png")
+    with pytest.raises(ValueError, match=r"rgba.png has 4 channel\(s\) \(mode RGBA\)"):
+        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'rgba.png'}"]))
+    with pytest.raises(ValueError, match=r"goal='seed:x': expected seed:N"):
+        plan.plan_episode(config("plan", [*base, "goal=seed:x"]))
+    with pytest.raises(FileNotFoundError, match=r"no world model at model=.*nowhere.*scripts/posttrain.py"):
+        plan.plan_episode(config("plan", [*base, f"model={tmp_path / 'nowhere'}"]))
+    with pytest.raises(MissingConfigException, match="planner/foo"):
+        config("plan", [*base, "planner=foo"])
+    with pytest.raises(ValueError, match=r"unknown cem planner setting\(s\) \['smaples'\]"):
+        plan.plan_episode(config("plan", [*base, "+planner.smaples=3"]))
+
+
+def test_missing_default_model_explains_how_to_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg = config("plan", ["env=reach", f"output_dir={tmp_path}"])
+    if ev.REPO_ROOT.joinpath(cfg["model_dir"], "config.json").exists():
+        pytest.skip("the default model has shipped")
+    with pytest.raises(FileNotFoundError, match=r"checkpoints/reach-default.*train one with .*collect.py.*posttrain.py"):
+        load_script("plan").plan_episode(cfg)
+
+
+def test_evaluate_batched_matches_sequential_and_writes_lerobot_report(model_dir, tmp_path):
+    evaluate = load_script("evaluate").evaluate
+    common = ["env=reach", f"model={model_dir}", "episodes=3", "seed=1000", *FAST]
+    batched = evaluate(config("evaluate", [*common, "num_envs=3", "max_videos=2", f"output_dir={tmp_path / 'b'}"]))
+    info = json.loads((tmp_path / "b" / "eval_info.json").read_text())
+    assert info == json.loads(json.dumps(batched))
+    per_episode = info["per_episode"]
+    assert [e["episode_ix"] for e in per_episode] == [0, 1, 2]
+    assert [e["seed"] for e in per_episode] == [1000, 1001, 1002]
+    for episode in per_episode:
+        assert {"success", "final_distance", "steps", "plan_ms_median"} <= set(episode)
+        assert episode["steps"] == 3  # the step budget ends every episode
+    agg = info["aggregated"]
+    assert agg["n_episodes"] == 3 and 0 <= agg["pc_success"] <= 100 and agg["eval_s"] > 0
+    assert len(info["video_paths"]) == 2 and all(Path(p).is_file() for p in info["video_paths"])
+
+    sequential = evaluate(config("evaluate", [*common, "num_envs=1", "max_videos=0", f"output_dir={tmp_path / 's'}"]))
+    for b, s in zip(batched["per_episode"], sequential["per_episode"]):
+        assert b["final_distance"] == pytest.approx(s["final_distance"], abs=1e-4)
+
+
+def test_evaluate_rejects_zero_episodes_and_zero_step_budget(model_dir, tmp_path):
+    evaluate = load_script("evaluate").evaluate
+    base = ["env=reach", f"model={model_dir}", f"output_dir={tmp_path}"]
+    with pytest.raises(ValueError, match="episodes must be >= 1, got 0"):
+        evaluate(config("evaluate", [*base, "episodes=0"]))
+    with pytest.raises(ValueError, match="step budget.*must be >= 1, got 0"):
+        evaluate(config("evaluate", [*base, "max_steps=0"]))
