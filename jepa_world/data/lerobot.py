@@ -122,6 +122,19 @@ def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: in
     os.replace(tmp, path)
 
 
+def episode_video_path(root: Path, episode_index: int, video_key: str) -> Path:
+    """Where our writer puts an episode's video: one file per episode, `chunks_size` files per chunk."""
+    return Path(root) / VIDEO_PATH.format(video_key=video_key, chunk_index=episode_index // CHUNKS_SIZE,
+                                          file_index=episode_index % CHUNKS_SIZE)
+
+
+def write_episode_videos(root: Path, episode_index: int, frames: dict[str, np.ndarray], fps: int,
+                         crf: int = 18, gop: int = 10) -> None:
+    """Encode one episode's camera streams; safe to call from worker processes before `add_episode`."""
+    for cam, cam_frames in frames.items():
+        write_video(episode_video_path(root, episode_index, f"observation.images.{cam}"), cam_frames, fps, crf, gop)
+
+
 # ----------------------------------------------------------------------------- writer
 
 @dataclass
@@ -245,27 +258,26 @@ class LeRobotWriter:
     def num_frames(self) -> int:
         return self.episodes[-1]["dataset_to_index"] if self.episodes else 0
 
-    def video_path(self, episode_index: int, camera: str) -> Path:
-        return self.root / VIDEO_PATH.format(video_key=f"observation.images.{camera}",
-                                             chunk_index=episode_index // CHUNKS_SIZE, file_index=episode_index % CHUNKS_SIZE)
-
-    def write_videos(self, episode_index: int, frames: dict[str, np.ndarray]) -> None:
-        """Encode an episode's videos; safe to call from a worker process before `add_episode`."""
-        for cam, cam_frames in frames.items():
-            write_video(self.video_path(episode_index, cam), cam_frames, self.fps, self.crf, self.gop)
-
     def add_episode(self, record: EpisodeRecord, videos_written: bool = False) -> int:
-        """Write and commit the next episode; returns its episode_index."""
+        """Write and commit the next episode; returns its episode_index.
+
+        `videos_written=True`: a worker already encoded the videos with `write_episode_videos`
+        (record.frames may then be empty); they are checked to exist instead.
+        """
         ep = self.num_episodes
         n = len(record)
         a_dim, s_dim = self.info["features"]["action"]["shape"][0], self.info["features"]["observation.state"]["shape"][0]
         if record.actions.shape != (n, a_dim) or record.states.shape != (n, s_dim):
             raise ValueError(f"episode {ep}: actions {record.actions.shape} / states {record.states.shape} do not match "
                              f"({n}, {a_dim}) / ({n}, {s_dim}) declared in info.json")
-        if sorted(f"observation.images.{c}" for c in record.frames) != sorted(self.video_keys):
-            raise ValueError(f"episode {ep}: cameras {sorted(record.frames)} differ from the dataset's {self.video_keys}")
-        if not videos_written:
-            self.write_videos(ep, record.frames)
+        if videos_written:
+            missing = [p for key in self.video_keys if not (p := episode_video_path(self.root, ep, key)).is_file()]
+            if missing:
+                raise FileNotFoundError(f"episode {ep}: videos_written=True but {missing} do not exist")
+        else:
+            if sorted(f"observation.images.{c}" for c in record.frames) != sorted(self.video_keys):
+                raise ValueError(f"episode {ep}: cameras {sorted(record.frames)} differ from the dataset's {self.video_keys}")
+            write_episode_videos(self.root, ep, record.frames, self.fps, self.crf, self.gop)
         start = self.num_frames
         chunk, file = ep // CHUNKS_SIZE, ep % CHUNKS_SIZE
         successes = np.zeros(n, bool) if record.successes is None else np.asarray(record.successes, bool)
