@@ -216,47 +216,6 @@ def set_threads(threads: int | None) -> None:
         torch.set_num_threads(int(threads))
 
 
-# ---------------------------------------------------------------------------- goals
-def load_goal_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Read an RGB goal image file as (size, size, 3) uint8, resizing (with a warning) if needed."""
-    import warnings
-
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"goal image {path} does not exist (pass goal=<png/jpg file> or goal=seed:N)")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            mode, image = image.mode, image.copy()
-    except (UnidentifiedImageError, OSError) as err:
-        raise ValueError(f"goal image {path} is not a readable image file: {err}") from err
-    channels = len(image.getbands())
-    if mode != "RGB":
-        raise ValueError(f"goal image {path} has {channels} channel(s) (mode {mode}); expected a 3-channel RGB image")
-    if image.size != (size, size):
-        message = f"goal image {path} is {image.size[0]}x{image.size[1]}, resizing to the env's {size}x{size}"
-        warnings.warn(message, stacklevel=2)
-        log.warning(message)
-        image = image.resize((size, size), Image.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def parse_goal(goal: str | int, env: gym.Env) -> dict[str, Any]:
-    """``seed:N`` -> reset options sampling the env's goal from seed N; a file path -> an image-only
-    goal set on the env (success then reported as null)."""
-    spec = str(goal)
-    if spec.startswith("seed:"):
-        value = spec.removeprefix("seed:")
-        if not value.isdigit():
-            raise ValueError(f"goal={spec!r}: expected seed:N with N a non-negative integer")
-        return {"goal_seed": int(value)}
-    image = load_goal_image(spec, env.unwrapped.image_size)
-    env.unwrapped.set_goal_image(image)
-    return {"keep_goal": True}
-
-
 # ---------------------------------------------------------------------------- rendering
 def compose_frame(obs: np.ndarray, goal: np.ndarray, energies: list[float], step: int,
                   scale: int = VIDEO_SCALE) -> np.ndarray:

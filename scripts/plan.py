@@ -2,6 +2,9 @@
 
     python scripts/plan.py env=reach goal=img.png [model=DIR planner=mppi planner.samples=256 horizon=3 ...]
     python scripts/plan.py env=reach goal=seed:7
+    python scripts/plan.py env=reach goal=goal.json   # a goal state saved by scripts/make_goal.py
+
+An image-only goal has no simulator state, so success and distance are reported as null.
 
 Writes output_dir/result.json (success or null, final_distance, steps, plan_ms per step, energies),
 episode.mp4 (observation | goal with the energy underneath) and energy.png; prints one summary line.
@@ -15,6 +18,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from envs.goals import load_goal  # noqa: E402
 from jepa_world import evaluation as ev  # noqa: E402
 
 log = logging.getLogger("plan")
@@ -27,10 +31,10 @@ def plan_episode(cfg: dict) -> dict:
     world_model = ev.load_world_model(str(cfg["model_dir"]), cfg["env"]["name"], cfg["device"])
     env = ev.make_env(cfg["env"], ev.model_image_size(world_model))
     try:
-        reset_options = ev.parse_goal(cfg["goal"], env)
+        load_goal(str(cfg["goal"]), env)  # installs the goal in the env; reset keeps it
         agent = ev.build_agent(cfg, world_model, env)
         (result,), (frames,) = ev.run_episodes([env], agent, [int(cfg["seed"])], int(cfg["max_steps"]),
-                                               reset_options=[reset_options], record_video=bool(cfg["video"]))
+                                               reset_options=[{"keep_goal": True}], record_video=bool(cfg["video"]))
     finally:
         env.close()
     out = os.path.abspath(cfg["output_dir"])

@@ -74,13 +74,13 @@ def test_plan_cli_writes_result_video_and_plot(model_dir, tmp_path):
     assert (out / "energy.png").stat().st_size > 1000
 
 
-def test_plan_with_goal_image_file_resizes_with_warning_and_reports_unknown_success(model_dir, tmp_path):
+def test_plan_with_goal_image_file_resizes_with_warning_and_reports_unknown_success(model_dir, tmp_path, caplog):
     goal = Image.fromarray(reach_goal_image()).resize((80, 80))
     goal.save(tmp_path / "goal.png")
     cfg = config("plan", ["env=reach", f"model={model_dir}", f"goal={tmp_path / 'goal.png'}",
                           f"output_dir={tmp_path / 'out'}", "video=false", *FAST])
-    with pytest.warns(UserWarning, match=r"goal image .*goal.png is 80x80, resizing to the env's 64x64"):
-        payload = load_script("plan").plan_episode(cfg)
+    payload = load_script("plan").plan_episode(cfg)
+    assert any("goal.png is 80x80; resizing to the env's 64x64" in r.getMessage() for r in caplog.records)
     assert payload["success"] is None and payload["final_distance"] is None  # image-only goal: never guessed
     assert payload["steps"] == 3
 
@@ -88,18 +88,18 @@ def test_plan_with_goal_image_file_resizes_with_warning_and_reports_unknown_succ
 def test_plan_bad_goal_and_model_inputs(model_dir, tmp_path):
     plan = load_script("plan")
     base = ["env=reach", f"model={model_dir}", f"output_dir={tmp_path / 'out'}", *FAST]
-    with pytest.raises(FileNotFoundError, match=r"goal image .*missing.png does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"goal file .*missing.png does not exist"):
         plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'missing.png'}"]))
     (tmp_path / "text.png").write_text("not an image")
-    with pytest.raises(ValueError, match=r"text.png is not a readable image file"):
+    with pytest.raises(ValueError, match=r"text.png is not an image Pillow can read"):
         plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'text.png'}"]))
-    Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / "gray.png")
-    with pytest.raises(ValueError, match=r"gray.png has 1 channel\(s\) \(mode L\); expected a 3-channel RGB"):
-        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'gray.png'}"]))
-    Image.fromarray(np.full((64, 64, 4), 128, np.uint8)).save(tmp_path / "rgba.png")
-    with pytest.raises(ValueError, match=r"rgba.png has 4 channel\(s\) \(mode RGBA\)"):
+    Image.fromarray(np.full((64, 64, 4), 128, np.uint8)).save(tmp_path / "rgba.png")  # half-transparent
+    with pytest.raises(ValueError, match=r"rgba.png has transparent pixels"):
         plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'rgba.png'}"]))
-    with pytest.raises(ValueError, match=r"goal='seed:x': expected seed:N"):
+    Image.fromarray(np.full((64, 64, 2), 128, np.uint8), mode="LA").save(tmp_path / "la.png")  # 2 channels
+    with pytest.raises(ValueError, match=r"la.png has transparent pixels"):
+        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'la.png'}"]))
+    with pytest.raises(ValueError, match=r"goal spec 'seed:x': expected seed:N"):
         plan.plan_episode(config("plan", [*base, "goal=seed:x"]))
     with pytest.raises(FileNotFoundError, match=r"no world model at model=.*nowhere.*scripts/posttrain.py"):
         plan.plan_episode(config("plan", [*base, f"model={tmp_path / 'nowhere'}"]))
@@ -107,6 +107,19 @@ def test_plan_bad_goal_and_model_inputs(model_dir, tmp_path):
         config("plan", [*base, "planner=foo"])
     with pytest.raises(ValueError, match=r"unknown cem planner setting\(s\) \['smaples'\]"):
         plan.plan_episode(config("plan", [*base, "+planner.smaples=3"]))
+
+
+def test_plan_with_saved_goal_state_judges_success(model_dir, tmp_path):
+    from envs.goals import save_goal
+
+    env = envs.make("reach")
+    state = env.unwrapped.set_goal(seed=5)
+    sidecar = save_goal(tmp_path / "goal.png", env.unwrapped.goal_image(), state, env="reach")
+    env.close()
+    cfg = config("plan", ["env=reach", f"model={model_dir}", f"goal={sidecar}", f"output_dir={tmp_path / 'out'}",
+                          "video=false", *FAST])
+    payload = load_script("plan").plan_episode(cfg)
+    assert isinstance(payload["success"], bool) and payload["final_distance"] > 0
 
 
 def test_missing_default_model_explains_how_to_train(tmp_path, monkeypatch):
