@@ -82,8 +82,10 @@ def test_split_by_episode_is_disjoint_deterministic_and_complete(dataset_dir):
 
 def test_cached_frames_and_dataloader_workers_match_direct_reads(dataset_dir):
     root, _ = dataset_dir
-    direct = TrajectoryDataset(root, num_frames=3, frame_step=2, split="all")
+    direct = TrajectoryDataset(root, num_frames=3, frame_step=2, split="all", cache_frames=False)
     cached = TrajectoryDataset(root, num_frames=3, frame_step=2, split="all", cache_frames=True)
+    assert TrajectoryDataset(root, num_frames=3, split="all").cache_frames  # auto: a few MB fit the budget
+    assert not TrajectoryDataset(root, num_frames=3, split="all", cache_budget_gb=1e-4).cache_frames
     for i in (0, 7, len(direct) - 1):
         assert torch.equal(direct[i]["frames"], cached[i]["frames"])
     loader = DataLoader(direct, batch_size=8, num_workers=2, shuffle=False, multiprocessing_context="spawn")
