@@ -18,6 +18,7 @@ import sys
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
 
 from jepa_world.training.checkpoint import CheckpointError
 from jepa_world.training.distributed import finish_distributed
@@ -39,10 +40,8 @@ def main(cfg: DictConfig) -> None:
         log.error("%s: %s", type(err).__name__, err)
         finish_distributed(exit_code=1)
         sys.exit(1)
-    except Exception as err:  # only to name unresolved '???' keys such as data.root
-        if type(err).__name__ != "MissingMandatoryValue":
-            raise
-        log.error("missing required config value: %s", str(err).splitlines()[0])
+    except MissingMandatoryValue as err:  # a '???' key such as data.root was not given
+        log.error("missing required config value %s: set it on the command line, e.g. %s=...", err.full_key, err.full_key)
         finish_distributed(exit_code=1)
         sys.exit(1)
     if int(os.environ.get("RANK", "0")) == 0:

@@ -90,6 +90,7 @@ class RunConfig:
     checkpoint_every: int = 100
     keep_every: int = 0  # also keep step_XXXXXX copies every N steps (0: only last/)
     resume: bool = False
+    stop_at_step: int | None = None  # end this invocation after that step (checkpointed), e.g. before a job time limit
     tensorboard: bool = False
 
     def __post_init__(self) -> None:
@@ -105,6 +106,8 @@ class RunConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name}={getattr(self, name)!r}: expected one of {allowed}")
+        if self.stop_at_step is not None and not (isinstance(self.stop_at_step, int) and 1 <= self.stop_at_step <= self.max_steps):
+            raise ConfigError(f"stop_at_step={self.stop_at_step!r}: expected null or an integer in [1, max_steps={self.max_steps}]")
         if not self.output_dir:
             raise ConfigError("output_dir is empty: expected a directory for metrics and checkpoints")
 
@@ -381,10 +384,11 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     loss_sum = torch.zeros((), device=info.device)
     interval_steps, interval_start = 0, time.perf_counter()
     last_loss = math.nan
+    end_step = run.stop_at_step or run.max_steps
     progress = tqdm(total=run.max_steps, initial=start_step, disable=not info.is_main, desc="pretrain", dynamic_ncols=True)
     batches = stream.from_step(start_step)
     try:
-        for step in range(start_step, run.max_steps):
+        for step in range(start_step, end_step):
             batch = next(batches)
             clips = batch[0].to(info.device, non_blocking=True)
             masks = [(c.to(info.device, non_blocking=True), t.to(info.device, non_blocking=True)) for c, t in batch[1]]
@@ -403,7 +407,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
             done = step + 1
             progress.update(1)
 
-            if done % run.log_every == 0 or done == run.max_steps:
+            if done % run.log_every == 0 or done == end_step:
                 guard.check()
                 mean_loss = float(all_reduce_mean(loss_sum / interval_steps, info))
                 elapsed = time.perf_counter() - interval_start
@@ -425,13 +429,13 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
                 loss_sum.zero_()
                 interval_steps, interval_start = 0, time.perf_counter()
 
-            if done % run.checkpoint_every == 0 or done == run.max_steps:
+            if done % run.checkpoint_every == 0 or done == end_step:
                 guard.check()
                 _save(output_dir, cfg, jepa, target_encoder, optimizer, done, run, info)
     finally:
         progress.close()
         metrics.close()
-    return PretrainResult(output_dir, run.max_steps, last_loss, last_dir)
+    return PretrainResult(output_dir, end_step, last_loss, last_dir)
 
 
 def _train_state(optimizer: torch.optim.Optimizer, jepa: JEPA, step: int, run: RunConfig, info: DistInfo) -> dict[str, Any]:
