@@ -113,6 +113,10 @@ class ArmEnv(GoalImageEnv):
         # Keep kinematic quantities (site positions) in sync with the final qpos for the observation.
         mujoco.mj_kinematics(self.model, self.data)
 
+    def _arm_proprio(self, q) -> np.ndarray:
+        q = np.asarray(q, dtype=np.float64)
+        return np.concatenate([self.kin.forward(q), q, np.zeros(3)])
+
     def _render_scene(self, qpos: np.ndarray) -> np.ndarray:
         self._goal_data.qpos[:] = qpos
         mujoco.mj_forward(self.model, self._goal_data)

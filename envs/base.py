@@ -4,9 +4,10 @@ Every jepa-world env renders `{"pixels": (H,W,3) uint8, "state": (S,) float32}` 
 fixed camera, holds a goal that exists only as an image (no marker in the scene), and exposes the
 planner-facing extras of docs/ARCHITECTURE.md on `env.unwrapped`:
 `goal_image()`, `set_goal(seed=None, state=None)`, `set_goal_image(image)`, `goal_state()`,
+`goal_proprio()`,
 `expert_action()`, `distance_to_goal()` and `success_threshold`.
 
-Subclasses implement the task: `_sample_goal`, `_validate_goal_state`, `_render_goal`,
+Subclasses implement the task: `_sample_goal`, `_validate_goal_state`, `_render_goal`, `_goal_proprio`,
 `_sample_initial_state`, `_apply_action`, `_state`, `_distance`, `expert_action`.
 """
 
@@ -125,6 +126,13 @@ class GoalImageEnv(gym.Env):
         self._goal_image = None
         return self.goal_state()
 
+    def goal_proprio(self) -> np.ndarray | None:
+        """(S,) float32 state the env would observe at rest in the goal scene (zero velocities), for
+        planners' proprio terms; None for an image-only goal."""
+        if self._goal is None:
+            return None
+        return self._goal_proprio(self._goal).astype(np.float32)
+
     def set_goal_image(self, image: np.ndarray) -> None:
         """Use an external goal image; the goal state is then unknown and success is reported as None."""
         s = self.image_size
@@ -207,6 +215,9 @@ class GoalImageEnv(gym.Env):
         raise NotImplementedError
 
     def _render_goal(self, goal: dict[str, Any]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _goal_proprio(self, goal: dict[str, Any]) -> np.ndarray:
         raise NotImplementedError
 
     def _sample_initial_state(self, rng: np.random.Generator) -> None:

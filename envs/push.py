@@ -63,6 +63,9 @@ class PushEnv(ArmEnv):
         qpos[self._block_qpos] = goal["block_xy"]
         return self._render_scene(qpos)
 
+    def _goal_proprio(self, goal: dict[str, Any]) -> np.ndarray:
+        return self._arm_proprio(goal["arm_qpos"])
+
     def _sample_initial_state(self, rng: np.random.Generator) -> None:
         goal_xy = np.asarray(self._goal["block_xy"]) if self._goal is not None else None
         while True:

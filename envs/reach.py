@@ -51,6 +51,9 @@ class ReachEnv(ArmEnv):
         qpos[self.kin.qpos_ids] = goal["qpos"]
         return self._render_scene(qpos)
 
+    def _goal_proprio(self, goal: dict[str, Any]) -> np.ndarray:
+        return self._arm_proprio(goal["qpos"])
+
     def _sample_initial_state(self, rng: np.random.Generator) -> None:
         goal_ee = np.asarray(self._goal["ee"]) if self._goal is not None else None
         while True:

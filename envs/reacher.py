@@ -97,6 +97,11 @@ class ReacherPixelsEnv(GoalImageEnv):
         mujoco.mj_forward(self.model, self._scratch)
         return self._render_data(self._scratch)
 
+    def _goal_proprio(self, goal: dict[str, Any]) -> np.ndarray:
+        self._scratch.qpos[self._arm_qpos] = goal["qpos"]
+        mujoco.mj_kinematics(self.model, self._scratch)
+        return np.concatenate([self._scratch.xpos[self._fingertip], goal["qpos"], np.zeros(2)])
+
     def _sample_initial_state(self, rng: np.random.Generator) -> None:
         # Reacher-v5's own reset distribution, drawn from this env's seeded generator.
         r = self._reacher
