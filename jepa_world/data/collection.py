@@ -234,7 +234,7 @@ def collect(cfg: CollectConfig) -> CollectSummary:
     finally:
         probe.close()
     writer = LeRobotWriter(cfg.output_dir, fps=fps, action_names=action_names, state_names=state_names,
-                           cameras={CAMERA: (h, w)}, task=cfg.task or f"{cfg.env}: reach the goal shown in the goal image",
+                           cameras={CAMERA: (h, w)}, task=cfg.task or f"{cfg.env}: match the goal image",
                            extra_info={"collection": cfg.identity()}, robot_type=f"jepa_world/{cfg.env}",
                            crf=cfg.crf, gop=cfg.gop)
     start = writer.num_episodes
