@@ -3,7 +3,7 @@ import torch
 
 from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny ops: OpenMP sync costs dominate on the shared 2-core box
 
 GRID = (2, 4, 4)  # 32 tokens
 

@@ -5,7 +5,7 @@ import torch
 
 from jepa_world.models.rope import apply_rope, axis_segment_width, grid_positions, positions_from_ids, rope_tables
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny ops: OpenMP sync costs dominate on the shared 2-core box
 
 
 def rotate_by_hand(x: list[float], position: tuple[int, int, int], layout: str) -> list[float]:

@@ -5,7 +5,7 @@ import torch
 
 from jepa_world.models.vit import VIT_SIZES, ViTConfig, VisionTransformer, build_encoder, sincos_table
 
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # tiny ops: OpenMP sync costs dominate on the shared 2-core box
 
 
 def micro(**overrides) -> VisionTransformer:

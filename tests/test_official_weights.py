@@ -1,0 +1,294 @@
+"""Official V-JEPA 2 / I-JEPA / HF VJEPA2 key layouts load strictly and reproduce outputs.
+
+The official-layout files are produced here from our models with hand-written renames (the
+inverse of what the loader does), saved in the official container format, and loaded back.
+"""
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from jepa_world.models.official import CheckpointMismatchError, load_official_checkpoint
+from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
+from jepa_world.models.vit import ViTConfig, VisionTransformer, sincos_table
+
+torch.set_num_threads(1)  # tiny ops: OpenMP sync costs dominate on the shared 2-core box
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(size="tiny", img_size=32, patch_size=8, num_frames=4)
+
+
+class Payload:
+    """An arbitrary object: weights_only loading must refuse to unpickle it."""
+
+
+def random_weights(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Fill a meta-built module with random weights; much faster than trunc-normal init on a
+    loaded 2-core machine, and LayerNorm/bias values are random too, so every key matters."""
+    module = module.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0.0, 0.05, generator=generator)
+    return module.eval()
+
+
+def tiny_encoder(seed: int, **overrides) -> VisionTransformer:
+    with torch.device("meta"):
+        model = VisionTransformer(ViTConfig(**{**TINY, **overrides}))
+    return random_weights(model, seed)
+
+
+def small_predictor(seed: int, num_mask_tokens: int = 2, **overrides) -> MaskedPredictor:
+    cfg = dict(encoder_dim=192, dim=48, depth=2, num_heads=4, num_mask_tokens=num_mask_tokens)
+    with torch.device("meta"):
+        model = MaskedPredictor(PredictorConfig(**{**cfg, **overrides}))
+    return random_weights(model, seed)
+
+
+def official_layout(module: torch.nn.Module, prefix: str = "module.backbone.") -> dict:
+    return {prefix + key: value.clone() for key, value in module.state_dict().items()}
+
+
+def split_qkv(key: str, value: torch.Tensor, out: dict) -> None:
+    base, kind = key.rsplit(".qkv.", 1)
+    for name, piece in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+        out[f"{base}.{name}.{kind}"] = piece.clone()
+
+
+def hf_encoder_layout(encoder: VisionTransformer, nested_attention: bool = False) -> dict:
+    attention = "attention.attention." if nested_attention else "attention."
+    out = {}
+    for key, value in encoder.state_dict().items():
+        if key.startswith("patch_embed."):
+            out["encoder.embeddings.patch_embeddings." + key[len("patch_embed."):]] = value.clone()
+        elif key.startswith("norm."):
+            out["encoder.layernorm." + key[len("norm."):]] = value.clone()
+        else:
+            key = "encoder.layer." + key[len("blocks."):].replace("attn.", attention)
+            split_qkv(key, value, out) if ".qkv." in key else out.__setitem__(key, value.clone())
+    return out
+
+
+def hf_predictor_layout(predictor: MaskedPredictor) -> dict:
+    out = {"predictor.embeddings.mask_tokens": torch.stack([t.detach().clone() for t in predictor.mask_tokens])}
+    for key, value in predictor.state_dict().items():
+        if key.startswith("mask_tokens."):
+            continue
+        for ours, theirs in (("predictor_embed.", "predictor.embeddings.predictor_embeddings."),
+                             ("predictor_norm.", "predictor.layernorm."), ("predictor_proj.", "predictor.proj.")):
+            if key.startswith(ours):
+                out[theirs + key[len(ours):]] = value.clone()
+                break
+        else:
+            key = "predictor.layer." + key[len("predictor_blocks."):].replace("attn.", "attention.")
+            split_qkv(key, value, out) if ".qkv." in key else out.__setitem__(key, value.clone())
+    return out
+
+
+@pytest.fixture(scope="module")
+def sources():
+    video = torch.randn(2, 3, 4, 32, 32)
+    ids = torch.stack([torch.randperm(32) for _ in range(2)])
+    return {
+        "encoder": tiny_encoder(1),
+        "target_encoder": tiny_encoder(2),
+        "predictor": small_predictor(3, num_mask_tokens=10),
+        "video": video,
+        "context_ids": ids[:, :20],
+        "target_ids": ids[:, 20:],
+    }
+
+
+@pytest.fixture(scope="module")
+def official_file(sources, tmp_path_factory):
+    path = tmp_path_factory.mktemp("official") / "vitt.pt"
+    checkpoint = {
+        "encoder": official_layout(sources["encoder"]),
+        "target_encoder": official_layout(sources["target_encoder"]),
+        "predictor": official_layout(sources["predictor"]),
+        "opt": {"state": {}, "param_groups": [{"lr": 1e-4, "params": [0, 1]}]},
+        "scaler": None, "epoch": 3, "loss": 0.42, "batch_size": 4, "world_size": 8, "lr": 1e-4,
+    }
+    torch.save(checkpoint, path)
+    return path
+
+
+def encode(model, sources, masks=None):
+    with torch.no_grad():
+        return model(sources["video"], masks=masks)
+
+
+def predict(model, sources, mask_index=0):
+    ctx = sources["context_ids"]
+    with torch.no_grad():
+        context = encode(sources["encoder"], sources, ctx)
+        return model(context, ctx, sources["target_ids"], (2, 4, 4), mask_index=mask_index)
+
+
+@pytest.mark.parametrize("which", ["target_encoder", "encoder"])
+def test_official_file_loads_strictly_and_reproduces_outputs(official_file, sources, which):
+    into = load_official_checkpoint(official_file, which, model=tiny_encoder(seed=99))
+    torch.testing.assert_close(encode(into, sources), encode(sources[which], sources), rtol=0, atol=0)
+    built = load_official_checkpoint(official_file, which)  # config inferred from the weights
+    assert (built.cfg.size, built.cfg.embed_dim, built.cfg.depth, built.cfg.patch_size) == ("tiny", 192, 12, 8)
+    torch.testing.assert_close(encode(built, sources), encode(sources[which], sources))
+
+
+def test_ten_released_mask_tokens_load_into_two(official_file, sources, caplog):
+    with caplog.at_level(logging.INFO, logger="jepa_world.models.official"):
+        into = load_official_checkpoint(official_file, "predictor", model=small_predictor(seed=7))
+    assert "10 mask tokens, the model has 2" in caplog.text
+    for index in (0, 1):
+        torch.testing.assert_close(into.mask_tokens[index], sources["predictor"].mask_tokens[index])
+        torch.testing.assert_close(predict(into, sources, index), predict(sources["predictor"], sources, index))
+    built = load_official_checkpoint(official_file, "predictor", num_heads=4)
+    assert built.cfg.num_mask_tokens == 10 and built.cfg.encoder_dim == 192
+    torch.testing.assert_close(predict(built, sources, 7), predict(sources["predictor"], sources, 7))
+
+
+@pytest.mark.parametrize("prefix", ["", "module.", "backbone.", "module.backbone."])
+def test_wrapper_prefixes_are_stripped(tmp_path, sources, prefix):
+    path = tmp_path / "bare.pth"
+    torch.save(official_layout(sources["encoder"], prefix), path)  # a bare state dict, hub style
+    loaded = load_official_checkpoint(path, "encoder", model=tiny_encoder(seed=5))
+    torch.testing.assert_close(encode(loaded, sources), encode(sources["encoder"], sources), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nested_attention", [False, True])
+def test_hf_vjepa2_layout_loads_encoder_and_predictor(tmp_path, sources, nested_attention):
+    pred2 = small_predictor(11, num_mask_tokens=2)
+    tensors = {**hf_encoder_layout(sources["target_encoder"], nested_attention), **hf_predictor_layout(pred2)}
+    assert "encoder.layer.3.attention.query.weight" in tensors or nested_attention
+    path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    encoder = load_official_checkpoint(path, "encoder", model=tiny_encoder(seed=8))
+    torch.testing.assert_close(encode(encoder, sources), encode(sources["target_encoder"], sources))
+    predictor = load_official_checkpoint(path, "predictor", model=small_predictor(seed=9))
+    for index in (0, 1):
+        torch.testing.assert_close(predict(predictor, sources, index), predict(pred2, sources, index))
+
+
+def test_wrong_shapes_name_the_key(official_file, sources, tmp_path):
+    with pytest.raises(CheckpointMismatchError, match=r"'patch_embed.proj.weight': checkpoint \(192, 3, 2, 8, 8\) "
+                                                      r"vs model \(192, 3, 2, 16, 16\)"):
+        load_official_checkpoint(official_file, "encoder", model=tiny_encoder(seed=0, patch_size=16))
+    state = official_layout(sources["encoder"])
+    state["module.backbone.blocks.4.mlp.fc1.weight"] = torch.zeros(700, 192)
+    path = tmp_path / "bad.pt"
+    torch.save({"encoder": state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"'blocks.4.mlp.fc1.weight': checkpoint \(700, 192\)"):
+        load_official_checkpoint(path, "encoder", model=tiny_encoder(seed=0))
+
+
+def test_missing_and_unexpected_keys_are_listed(sources, tmp_path):
+    state = official_layout(sources["encoder"], "module.")
+    del state["module.blocks.2.norm1.bias"]
+    state["module.head.weight"] = torch.zeros(3)
+    path = tmp_path / "partial.pt"
+    torch.save({"target_encoder": state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"missing keys \[blocks.2.norm1.bias\].*unexpected keys \[head.weight\]"):
+        load_official_checkpoint(path, "target_encoder", model=tiny_encoder(seed=0))
+
+
+def test_bad_files_and_parts_are_named(official_file, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_official_checkpoint(tmp_path / "nope.pt")
+    with pytest.raises(KeyError, match=r"no 'predictor' state dict; it has \['encoder'\]"):
+        path = tmp_path / "enc_only.pt"
+        torch.save({"encoder": {"patch_embed.proj.weight": torch.zeros(1)}}, path)
+        load_official_checkpoint(path, "predictor")
+    with pytest.raises(ValueError, match="which='decoder'"):
+        load_official_checkpoint(official_file, "decoder")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(official_file.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="truncated.pt is not a readable torch checkpoint"):
+        load_official_checkpoint(truncated)
+
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"encoder": Payload()}, pickled)
+    with pytest.raises(ValueError, match="weights_only=True"):
+        load_official_checkpoint(pickled, "encoder")
+
+
+def test_ijepa_layout_with_sincos_table_and_single_mask_token(tmp_path):
+    enc = tiny_encoder(3, patch_embed="2d", pos_embed="sincos")
+    pred = small_predictor(4, num_mask_tokens=1, pos_embed="sincos")
+    enc_state = official_layout(enc, "module.")
+    enc_state["module.pos_embed"] = sincos_table((1, 4, 4), 192).unsqueeze(0)  # I-JEPA stores the fixed table
+    pred_state = official_layout(pred, "module.")
+    pred_state["module.mask_token"] = pred_state.pop("module.mask_tokens.0")
+    pred_state["module.predictor_pos_embed"] = sincos_table((1, 4, 4), 48).unsqueeze(0)
+    path = tmp_path / "ijepa.pth.tar"
+    torch.save({"encoder": enc_state, "target_encoder": enc_state, "predictor": pred_state}, path)
+    image = torch.randn(2, 3, 32, 32)
+    loaded = load_official_checkpoint(path, "target_encoder", img_size=32)
+    assert loaded.cfg.pos_embed == "sincos" and loaded.cfg.patch_embed == "2d"
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), enc(image))
+    loaded_pred = load_official_checkpoint(path, "predictor", num_heads=4, pos_embed="sincos")
+    torch.testing.assert_close(loaded_pred.mask_tokens[0], pred.mask_tokens[0])
+    # A learned (non-sincos) table would silently change outputs if dropped: refuse it.
+    enc_state["module.pos_embed"] = torch.randn(1, 16, 192)
+    torch.save({"encoder": enc_state}, path)
+    with pytest.raises(CheckpointMismatchError, match="key 'pos_embed' is not the fixed sincos table"):
+        load_official_checkpoint(path, "encoder", img_size=32)
+
+
+def test_convert_script_writes_our_format(official_file, sources, tmp_path):
+    out = tmp_path / "converted"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "convert_checkpoint.py"), str(official_file), str(out),
+         "--which", "all", "--predictor-num-heads", "4", "--img-size", "32", "--num-frames", "4"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    assert config["parts"] == ["target_encoder", "encoder", "predictor"]
+    assert config["encoder"]["size"] == "tiny" and config["predictor"]["num_mask_tokens"] == 10
+    tensors = load_file(str(out / "model.safetensors"))
+    torch.testing.assert_close(tensors["target_encoder.norm.weight"], sources["target_encoder"].norm.weight)
+    assert "predictor.mask_tokens.9" in tensors
+    assert not list(tmp_path.glob(".tmp-*"))  # atomic write left no temp directory
+    # our own format loads back (heads come from config.json, not from a guess)
+    reloaded = load_official_checkpoint(out, "predictor")
+    assert reloaded.cfg.num_heads == 4
+    torch.testing.assert_close(predict(reloaded, sources, 3), predict(sources["predictor"], sources, 3))
+    encoder = load_official_checkpoint(out, "target_encoder")
+    torch.testing.assert_close(encode(encoder, sources), encode(sources["target_encoder"], sources))
+
+
+def random_large_encoder() -> VisionTransformer:
+    with torch.device("meta"):
+        model = VisionTransformer(ViTConfig(size="large", img_size=32, patch_size=16, num_frames=2))
+    return random_weights(model, seed=0)
+
+
+@pytest.mark.slow
+def test_large_official_and_hf_layouts_load_strictly(tmp_path):
+    source = random_large_encoder()
+    image = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = source(image)
+    path = tmp_path / "vitl.pt"
+    torch.save({"target_encoder": official_layout(source)}, path)
+    loaded = load_official_checkpoint(path, "target_encoder")
+    assert (loaded.cfg.size, loaded.cfg.depth, loaded.cfg.num_heads, loaded.cfg.patch_size) == ("large", 24, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(image), expected)
+    del loaded
+    hf_path = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in hf_encoder_layout(source).items()}, str(hf_path))
+    hf_loaded = load_official_checkpoint(hf_path, "encoder")
+    with torch.no_grad():
+        torch.testing.assert_close(hf_loaded(image), expected)
+    with torch.device("meta"):  # shapes are checked before any tensor is touched
+        narrow = VisionTransformer(ViTConfig(size="large", patch_size=16, mlp_hidden_dim=2048))
+    with pytest.raises(CheckpointMismatchError, match=r"'blocks.0.mlp.fc1.weight': checkpoint \(4096, 1024\) "
+                                                      r"vs model \(2048, 1024\)"):
+        load_official_checkpoint(path, "target_encoder", model=narrow)
