@@ -308,8 +308,11 @@ def embed_targets(target_encoder: nn.Module, clips: Tensor) -> Tensor:
 class PretrainResult:
     output_dir: Path
     steps: int
-    final_loss: float
+    final_loss: float  # mean loss over the last logging interval (all ranks)
     checkpoint: Path
+    encoder: VisionTransformer
+    target_encoder: VisionTransformer
+    predictor: MaskedPredictor
 
 
 def _checkpoint_tensors(jepa: JEPA, target_encoder: nn.Module) -> dict[str, Tensor]:
@@ -435,7 +438,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     finally:
         progress.close()
         metrics.close()
-    return PretrainResult(output_dir, end_step, last_loss, last_dir)
+    return PretrainResult(output_dir, end_step, last_loss, last_dir, jepa.encoder, target_encoder, jepa.predictor)
 
 
 def _train_state(optimizer: torch.optim.Optimizer, jepa: JEPA, step: int, run: RunConfig, info: DistInfo) -> dict[str, Any]:
