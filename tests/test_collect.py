@@ -97,6 +97,8 @@ def test_expert_succeeds_and_exploration_rarely_does(tmp_path):
     policies = [r["policy"] for r in rows]
     assert 0 < policies.count("expert") < 12
     assert summary.success_rate["expert"] >= 0.95 and summary.success_rate["random"] <= 0.2
+    ds = TrajectoryDataset(tmp_path, num_frames=2, split="all")
+    assert [e.extra["policy"] for e in ds.episodes] == policies
     for r in rows:
         if r["success"]:
             assert r["final_distance"] < envs.make("reach").unwrapped.success_threshold

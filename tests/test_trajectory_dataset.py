@@ -44,6 +44,12 @@ def test_windows_give_back_exact_actions_states_and_frames(dataset_dir):
         frames = item["frames"].permute(0, 2, 3, 1).numpy().astype(int)
         assert np.abs(frames - r.frames["main"][t0: t0 + 4]).mean() < 3.0
     assert seen == {(e, t) for e, n in enumerate(LENGTHS) for t in range(n - 3)}  # every window exactly once
+    for position, episode in enumerate(ds.episodes):
+        actions, states = ds.episode_arrays(position)
+        np.testing.assert_array_equal(actions, records[episode.episode_index].actions)
+        np.testing.assert_array_equal(states, records[episode.episode_index].states)
+        whole = ds.read_frames(position, np.arange(episode.length)).astype(int)
+        assert np.abs(whole - records[episode.episode_index].frames["main"]).mean() < 3.0
 
 
 def test_frame_step_merges_actions(dataset_dir):

@@ -333,7 +333,10 @@ class LeRobotWriter:
 
 @dataclass
 class EpisodeFiles:
-    """Where one episode lives: its data file and, per video key, (mp4 path, first timestamp in it)."""
+    """Where one episode lives: its data file and, per video key, (mp4 path, first timestamp in it).
+
+    `extra` holds the episode table's other scalar columns (ours: seed, policy, success,
+    final_distance, goal_state)."""
 
     episode_index: int
     length: int
@@ -354,9 +357,6 @@ class DatasetMeta:
     @property
     def video_keys(self) -> list[str]:
         return [k for k, f in self.features.items() if f.get("dtype") == "video"]
-
-    def files_episodes(self, path: Path) -> list[int]:
-        return [e.episode_index for e in self.episodes if e.data_file == path or any(p == path for p, _ in e.videos.values())]
 
 
 def _require(mapping: dict, key: str, where: Path) -> Any:

@@ -168,7 +168,7 @@ class TrajectoryDataset(Dataset):
         }
 
     def episode_arrays(self, position: int) -> tuple[np.ndarray, np.ndarray]:
-        """(actions (L,A), states (L,S)) of the episode at `position` in this split."""
+        """(actions (L,A), states (L,S)) of the whole episode at `position` in this split (views)."""
         lo = int(self._episode_start[position])
         hi = lo + self.episodes[position].length
         return self._actions[lo:hi], self._states[lo:hi]
