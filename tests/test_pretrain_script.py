@@ -167,3 +167,19 @@ def test_image_path_with_2d_masks(tmp_path):
     assert result.steps == 3 and result.final_loss > 0
     tensors = _weights(tmp_path / "run")
     assert "predictor.mask_tokens.0" in tensors and "predictor.mask_tokens.1" not in tensors
+
+
+def test_init_from_encoder_only_checkpoint(tmp_path):
+    """init_from loads pretrained parts strictly; a missing target encoder starts as the encoder."""
+    source = pretrain(tiny_config(tmp_path / "source", "max_steps=2"))
+    encoder_only = ckpt.module_tensors({"encoder": source.encoder})
+    ckpt.save_checkpoint(tmp_path / "converted", encoder_only, {"source": "test"})
+    frozen = ("optim.lr=0", "optim.start_lr=0", "optim.final_lr=0", "optim.weight_decay=0", "optim.final_weight_decay=0")
+    result = pretrain(tiny_config(tmp_path / "run", "max_steps=1", f"init_from={tmp_path / 'converted'}", *frozen))
+    for key, value in encoder_only.items():
+        name = key.split(".", 1)[1]
+        assert torch.equal(result.encoder.state_dict()[name], value), key
+        torch.testing.assert_close(result.target_encoder.state_dict()[name], value, rtol=0, atol=1e-6)
+    ckpt.save_checkpoint(tmp_path / "predictor_only", ckpt.module_tensors({"predictor": source.predictor}), {})
+    with pytest.raises(ckpt.CheckpointError, match="holds neither encoder.* nor target_encoder"):
+        pretrain(tiny_config(tmp_path / "run2", "max_steps=1", f"init_from={tmp_path / 'predictor_only'}"))

@@ -92,6 +92,7 @@ class RunConfig:
     resume: bool = False
     stop_at_step: int | None = None  # end this invocation after that step (checkpointed), e.g. before a job time limit
     tensorboard: bool = False
+    init_from: str | None = None  # checkpoint dir (ours or converted official weights) to start from
 
     def __post_init__(self) -> None:
         for name in ("max_steps", "batch_size", "log_every", "checkpoint_every"):
@@ -356,6 +357,8 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     if run.resume:
         train_state = _restore(last_dir, cfg, jepa, target_encoder, info)
         start_step = int(train_state["step"])
+    elif run.init_from:
+        _initialise_from(Path(run.init_from), jepa, target_encoder, info)
     num_params = sum(p.numel() for p in jepa.parameters())
     if info.is_main:
         log.info("encoder %s (%d-d, depth %d), predictor %d-d depth %d, %.2fM trainable params, device %s, %s, world size %d",
@@ -484,6 +487,26 @@ def _restore(last_dir: Path, cfg: Mapping[str, Any], jepa: JEPA, target_encoder:
     if info.is_main:
         log.info("resuming from %s at step %d", last_dir, state["step"])
     return state
+
+
+def _initialise_from(source: Path, jepa: JEPA, target_encoder: nn.Module, info: DistInfo) -> None:
+    """Start from pretrained weights (e.g. ``scripts/convert_checkpoint.py`` output); strict per part.
+
+    A missing ``target_encoder`` starts as a copy of ``encoder`` and vice versa; a missing
+    ``predictor`` keeps its fresh initialisation.
+    """
+    tensors = ckpt.read_tensors(source)
+    present = {key.split(".", 1)[0] for key in tensors}
+    parts = {"encoder": jepa.encoder, "target_encoder": target_encoder, "predictor": jepa.predictor}
+    if not present & {"encoder", "target_encoder"}:
+        raise ckpt.CheckpointError(f"init_from={str(source)!r}: {source / ckpt.MODEL_FILE} holds neither encoder.* nor target_encoder.* keys (found prefixes {sorted(present)})")
+    ckpt.load_modules(source, {name: module for name, module in parts.items() if name in present}, tensors)
+    if "target_encoder" not in present:
+        target_encoder.load_state_dict(jepa.encoder.state_dict())
+    elif "encoder" not in present:
+        jepa.encoder.load_state_dict(target_encoder.state_dict())
+    if info.is_main:
+        log.info("initialised %s from %s", sorted(present & set(parts)), source)
 
 
 def _load_optimizer_state(optimizer, jepa: JEPA, state: Mapping[str, Any], sharded: bool, last_dir: Path) -> None:
