@@ -22,6 +22,8 @@ from envs.base import goal_vector
 HOME_QPOS = np.deg2rad([0.0, -25.0, 150.0])  # retracted over the base, out of the block's region
 BLOCK_LOW = np.array([0.22, -0.2])
 BLOCK_HIGH = np.array([0.42, 0.2])  # behind-the-block points stay reachable at table height
+TABLE_LOW = np.array([-0.25, -0.5])  # table top extent (envs/assets/arm_scene.xml)
+TABLE_HIGH = np.array([0.85, 0.5])
 MIN_PUSH_DISTANCE = 0.12
 ARM_START_LOW_DEG = (-70.0, 0.0, 20.0)
 ARM_START_HIGH_DEG = (70.0, 70.0, 110.0)
@@ -53,8 +55,11 @@ class PushEnv(ArmEnv):
     def _validate_goal_state(self, state: dict[str, Any]) -> dict[str, Any]:
         xy = goal_vector(state, "block_xy", 2, self.env_name)
         arm = goal_vector(state, "arm_qpos", 3, self.env_name) if "arm_qpos" in state else HOME_QPOS
-        if np.any(xy < WORKSPACE_LOW[:2]) or np.any(np.abs(xy[1]) > 0.5) or xy[0] > 0.85:
-            raise ValueError(f"push goal block_xy {xy.tolist()} is off the table (x in [-0.2, 0.85], |y| <= 0.5)")
+        if np.any(xy < TABLE_LOW) or np.any(xy > TABLE_HIGH):
+            raise ValueError(
+                f"push goal block_xy {xy.tolist()} is off the table (x in [{TABLE_LOW[0]}, {TABLE_HIGH[0]}], "
+                f"y in [{TABLE_LOW[1]}, {TABLE_HIGH[1]}])"
+            )
         return {"env": self.env_name, "block_xy": xy.tolist(), "arm_qpos": arm.tolist()}
 
     def _render_goal(self, goal: dict[str, Any]) -> np.ndarray:
