@@ -41,10 +41,10 @@ def make_record(rng: np.random.Generator, length: int, offset: int, cameras=("ma
     )
 
 
-def make_writer(root, cameras=("main",), extra_info=None) -> LeRobotWriter:
+def make_writer(root, cameras=("main",), extra_info=None, **kwargs) -> LeRobotWriter:
     return LeRobotWriter(root, fps=10, action_names=["dx", "dy", "dz"], state_names=[f"q{i}" for i in range(5)],
                          cameras={cam: (64, 64) for cam in cameras}, task="reach the goal",
-                         extra_info=extra_info or {"env": "test"})
+                         extra_info=extra_info or {"env": "test"}, **kwargs)
 
 
 def test_v3_layout_and_metadata(tmp_path):
@@ -116,6 +116,22 @@ def test_reopen_appends_and_refuses_different_settings(tmp_path):
         make_writer(tmp_path, extra_info={"env": "reach", "seed": 1})
 
 
+def test_episode_table_is_split_across_files(tmp_path):
+    rng = np.random.default_rng(8)
+    writer = make_writer(tmp_path, episodes_per_meta_file=2)
+    for i in range(3):
+        writer.add_episode(make_record(rng, 4 + i, i))
+    make_writer(tmp_path, episodes_per_meta_file=2).add_episode(make_record(rng, 9, 3))  # reopen, then append
+    make_writer(tmp_path, episodes_per_meta_file=2).add_episode(make_record(rng, 5, 4))
+    files = sorted((tmp_path / "meta/episodes/chunk-000").glob("*.parquet"))
+    assert [f.name for f in files] == ["file-000.parquet", "file-001.parquet", "file-002.parquet"]
+    assert [pq.read_table(f).num_rows for f in files] == [2, 2, 1]
+    assert pq.read_table(files[1])["meta/episodes/file_index"].to_pylist() == [1, 1]
+    meta = read_meta(tmp_path)
+    assert [e.length for e in meta.episodes] == [4, 5, 6, 9, 5]
+    assert json.loads((tmp_path / "meta/stats.json").read_text())["action"]["count"] == [29]
+
+
 def test_crash_during_commit_keeps_previous_episodes(tmp_path, monkeypatch):
     rng = np.random.default_rng(3)
     writer = make_writer(tmp_path)
@@ -123,13 +139,19 @@ def test_crash_during_commit_keeps_previous_episodes(tmp_path, monkeypatch):
 
     import jepa_world.data.lerobot as lerobot
 
-    def crash(*args, **kwargs):
-        raise KeyboardInterrupt("simulated crash while writing the episodes table")
+    write_parquet = lerobot._atomic_write_parquet
 
-    monkeypatch.setattr(lerobot, "_atomic_write_parquet", crash)
+    def crash_at_commit_point(path, table):
+        if "meta/episodes" in str(path):  # the data file of episode 1 is already written by now
+            raise KeyboardInterrupt("simulated crash while writing the episodes table")
+        write_parquet(path, table)
+
+    monkeypatch.setattr(lerobot, "_atomic_write_parquet", crash_at_commit_point)
     with pytest.raises(KeyboardInterrupt):
         writer.add_episode(make_record(rng, 8, 1))
     monkeypatch.undo()
+    assert (tmp_path / "data/chunk-000/file-001.parquet").exists()  # orphan data, not yet committed
+    assert writer.num_episodes == 1
     meta = read_meta(tmp_path)
     assert [e.episode_index for e in meta.episodes] == [0]
     resumed = make_writer(tmp_path)

@@ -6,7 +6,7 @@ finished episode is durable on its own; v3 allows any number of episodes per fil
     meta/info.json                                   schema, fps, path templates, totals
     meta/tasks.parquet                               task string -> task_index
     meta/stats.json                                  min/max/mean/std/count per numeric feature
-    meta/episodes/chunk-000/file-000.parquet         one row per committed episode
+    meta/episodes/chunk-000/file-000.parquet         one row per committed episode (1000 per file)
     data/chunk-XXX/file-XXX.parquet                  per-frame rows
     videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 yuv420p
 
@@ -37,7 +37,7 @@ CODEBASE_VERSION = "v3.0"
 CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
-EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 STATS_FEATURES = ("action", "observation.state")
 
 
@@ -47,17 +47,18 @@ class DatasetFormatError(ValueError):
 
 # ----------------------------------------------------------------------------- small io helpers
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write_bytes(path: Path, data: bytes, sync: bool = True) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
-        os.fsync(f.fileno())
+        if sync:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+def _atomic_write_json(path: Path, obj: Any, sync: bool = True) -> None:
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode(), sync)
 
 
 def _atomic_write_parquet(path: Path, table: pa.Table) -> None:
@@ -192,19 +193,21 @@ class LeRobotWriter:
 
     def __init__(self, root: str | Path, *, fps: int, action_names: list[str], state_names: list[str],
                  cameras: dict[str, tuple[int, int]], task: str, extra_info: dict[str, Any] | None = None,
-                 robot_type: str | None = None, crf: int = 18, gop: int = 10):
+                 robot_type: str | None = None, crf: int = 18, gop: int = 10, episodes_per_meta_file: int = 1000):
         self.root = Path(root)
+        # Each commit rewrites only the newest episode-table file, so committing stays O(1) per episode.
+        self.episodes_per_meta_file = int(episodes_per_meta_file)
         self.fps, self.crf, self.gop, self.task = int(fps), int(crf), int(gop), task
         self.video_keys = [f"observation.images.{cam}" for cam in cameras]
         self.info = self._build_info(action_names, state_names, cameras, robot_type, extra_info or {})
         self.episodes: list[dict[str, Any]] = []
-        self._stats: dict[str, list[dict]] = {k: [] for k in STATS_FEATURES}
+        self._stats: dict[str, dict[str, list]] = {}  # running totals over committed episodes
         if (self.root / "meta" / "info.json").exists():
             self._reopen()
         else:
             (self.root / "meta").mkdir(parents=True, exist_ok=True)
             _atomic_write_parquet(self.root / "meta" / "tasks.parquet", _tasks_table([task]))
-            self._write_meta()
+            self._write_summary()
 
     def _build_info(self, action_names, state_names, cameras, robot_type, extra_info) -> dict[str, Any]:
         scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
@@ -238,16 +241,17 @@ class LeRobotWriter:
                 raise DatasetFormatError(
                     f"{info_path}: existing dataset has {key}={old.get(key)!r}, this run wants {self.info.get(key)!r}; "
                     "use a new output directory (or the original settings to resume)")
-        episodes_path = self.root / EPISODES_PATH
-        if episodes_path.exists():
-            table = pq.read_table(episodes_path)
-            self.episodes = table.to_pylist()
+        for file in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+            self.episodes += pq.read_table(file).to_pylist()
         indices = [e["episode_index"] for e in self.episodes]
         if indices != list(range(len(indices))):
-            raise DatasetFormatError(f"{episodes_path}: episode indices {indices[:10]}... are not 0..N-1 in order")
-        for row in self.episodes:
+            raise DatasetFormatError(f"{self.root / 'meta' / 'episodes'}: episode indices {indices[:10]}... "
+                                     "are not 0..N-1 in order")
+        for row in self.episodes:  # fold in commit order, exactly as add_episode does, so resumed == uninterrupted
             for feat in STATS_FEATURES:
-                self._stats[feat].append({s: row[f"stats/{feat}/{s}"] for s in ("min", "max", "mean", "std", "count")})
+                stats = {s: row[f"stats/{feat}/{s}"] for s in ("min", "max", "mean", "std", "count")}
+                self._stats[feat] = _merge_stats([self._stats[feat], stats]) if feat in self._stats else stats
+        self._write_summary()  # a crash may have left info.json/stats.json one commit behind the episode table
         log.info("reopened %s with %d committed episodes", self.root, len(self.episodes))
 
     @property
@@ -303,30 +307,39 @@ class LeRobotWriter:
         for key in self.video_keys:
             row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
                         f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": n / self.fps})
-        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        meta_file = ep // self.episodes_per_meta_file
+        row.update({"meta/episodes/chunk_index": meta_file // CHUNKS_SIZE, "meta/episodes/file_index": meta_file % CHUNKS_SIZE})
+        previous_stats = dict(self._stats)
         for feat, values in (("action", record.actions), ("observation.state", record.states)):
             stats = _stats(values)
-            self._stats[feat].append(stats)
             row.update({f"stats/{feat}/{k}": v for k, v in stats.items()})
+            self._stats[feat] = _merge_stats([self._stats[feat], stats]) if feat in self._stats else stats
         row.update(record.extra)
         self.episodes.append(row)
         try:
-            self._write_meta()
+            self._write_episode_table()
         except BaseException:
             self.episodes.pop()
-            for feat in STATS_FEATURES:
-                self._stats[feat].pop()
+            self._stats = previous_stats
             raise
         return ep
 
-    def _write_meta(self) -> None:
-        if self.episodes:
-            _atomic_write_parquet(self.root / EPISODES_PATH, pa.Table.from_pylist(self.episodes))
-            stats = {feat: _merge_stats(parts) for feat, parts in self._stats.items()}
-            _atomic_write_json(self.root / "meta" / "stats.json", stats)
+    def _write_episode_table(self) -> None:
+        """The commit point: the newest episode-table file, fsynced, then the derived summaries."""
+        last = self.episodes[-1]
+        chunk, file = last["meta/episodes/chunk_index"], last["meta/episodes/file_index"]
+        first = (chunk * CHUNKS_SIZE + file) * self.episodes_per_meta_file
+        _atomic_write_parquet(self.root / EPISODES_PATH.format(chunk_index=chunk, file_index=file),
+                              pa.Table.from_pylist(self.episodes[first:]))
+        self._write_summary()
+
+    def _write_summary(self) -> None:
+        # Derived from the episode table (and rebuilt from it on reopen), so renamed atomically but not fsynced.
+        if self._stats:
+            _atomic_write_json(self.root / "meta" / "stats.json", self._stats, sync=False)
         self.info.update(total_episodes=self.num_episodes, total_frames=self.num_frames,
                          splits={"train": f"0:{self.num_episodes}"} if self.episodes else {})
-        _atomic_write_json(self.root / "meta" / "info.json", self.info)
+        _atomic_write_json(self.root / "meta" / "info.json", self.info, sync=False)
 
 
 # ----------------------------------------------------------------------------- reader
