@@ -32,12 +32,14 @@ class LanguageHeadConfig:
     depth: int = 2
     num_heads: int = 4
     mlp_ratio: float = 4.0
-    num_query_tokens: int = 1  # tokens made from one query embedding
+    num_query_tokens: int = 1  # tokens made from one query embedding; 0: the head takes no query
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
-        for name in ("latent_dim", "embed_dim", "width", "depth", "num_heads", "num_query_tokens"):
+        if self.num_query_tokens < 0:
+            raise ValueError(f"LanguageHeadConfig.num_query_tokens must be >= 0, got {self.num_query_tokens}")
+        for name in ("latent_dim", "embed_dim", "width", "depth", "num_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LanguageHeadConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.width % self.num_heads:
@@ -49,6 +51,7 @@ class LanguageHeadConfig:
 
 
 LANGUAGE_HEAD_SIZES: dict[str, dict[str, int]] = {
+    "micro": dict(width=96, depth=2, num_heads=3),  # CPU tests and smoke runs
     "tiny": dict(width=192, depth=2, num_heads=4),
     "small": dict(width=384, depth=4, num_heads=6),
     "base": dict(width=768, depth=6, num_heads=12),
@@ -74,8 +77,9 @@ class LanguageHead(nn.Module):
         super().__init__()
         self.config = c = config
         self.latent_embed = nn.Linear(c.latent_dim, c.width)
-        self.query_embed = nn.Linear(c.embed_dim, c.num_query_tokens * c.width)
-        self.query_type = nn.Parameter(torch.zeros(1, c.num_query_tokens, c.width))
+        if c.num_query_tokens:
+            self.query_embed = nn.Linear(c.embed_dim, c.num_query_tokens * c.width)
+            self.query_type = nn.Parameter(torch.zeros(1, c.num_query_tokens, c.width))
         self.blocks = nn.ModuleList(
             [Block(c.width, c.num_heads, int(c.width * c.mlp_ratio)) for _ in range(c.depth)]
         )
@@ -83,7 +87,8 @@ class LanguageHead(nn.Module):
         self.proj = nn.Linear(c.width, c.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / c.init_temperature)))
         self.apply(init_transformer_weights)
-        nn.init.trunc_normal_(self.query_type, std=0.02)
+        if c.num_query_tokens:
+            nn.init.trunc_normal_(self.query_type, std=0.02)
         rescale_block_residuals(self.blocks)
         self._positions: dict[tuple[int, int, int], Tensor] = {}
 
@@ -116,6 +121,8 @@ class LanguageHead(nn.Module):
             raise ValueError(f"grid_hw {grid_hw} has {h * w} tokens but the latents have {n_tokens} per frame")
         x = self.latent_embed(latents.flatten(1, 2)) + self.positions(frames, h, w, latents.device)  # (B, T*N, W)
         if query is not None:
+            if not c.num_query_tokens:
+                raise ValueError("this head was built with num_query_tokens=0 and takes no query")
             if query.dim() != 2 or query.shape[-1] != c.embed_dim or query.shape[0] not in (1, batch):
                 raise ValueError(f"query must be (B or 1, {c.embed_dim}), got {tuple(query.shape)}")
             q = self.query_embed(query).unflatten(-1, (c.num_query_tokens, c.width)) + self.query_type  # (B|1, Q, W)
