@@ -243,5 +243,10 @@ def test_writer_rejects_mismatched_episode(tmp_path):
     record.actions = record.actions[:, :2]
     with pytest.raises(ValueError, match=r"actions \(6, 2\)"):
         writer.add_episode(record)
+    record = make_record(np.random.default_rng(7), 6, 0)
+    record.states[4, 1] = np.nan
+    with pytest.raises(ValueError, match=r"states contain NaN/Inf at frames \[4\]"):
+        writer.add_episode(record)
+    assert writer.num_episodes == 0 and not (tmp_path / "data").exists()
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 63, 64, 3), np.uint8), fps=10)

@@ -274,6 +274,10 @@ class LeRobotWriter:
         if record.actions.shape != (n, a_dim) or record.states.shape != (n, s_dim):
             raise ValueError(f"episode {ep}: actions {record.actions.shape} / states {record.states.shape} do not match "
                              f"({n}, {a_dim}) / ({n}, {s_dim}) declared in info.json")
+        for name, values in (("actions", record.actions), ("states", record.states)):
+            if not np.isfinite(values).all():
+                raise ValueError(f"episode {ep}: {name} contain NaN/Inf at frames "
+                                 f"{np.unique(np.argwhere(~np.isfinite(values))[:, 0]).tolist()[:10]}")
         if videos_written:
             missing = [p for key in self.video_keys if not (p := episode_video_path(self.root, ep, key)).is_file()]
             if missing:
