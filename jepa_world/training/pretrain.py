@@ -383,7 +383,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     collator = MaskCollator(generators, seed=run.seed * 1009 + info.rank, patch_size=enc_cfg.patch_size, tubelet_size=enc_cfg.tubelet_size)
     stream = BatchStream(dataset, collator, info, run.batch_size, run.seed, num_workers)
     metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=info.is_main, resume_step=start_step if run.resume else None, tensorboard=run.tensorboard)
-    guard = NonFiniteGuard(info.device)
+    loss_guard, grad_guard = NonFiniteGuard(info.device), NonFiniteGuard(info.device)
     autocast = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     params = [p for p in jepa.parameters() if p.requires_grad]
 
@@ -407,14 +407,17 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             momentum = ema.update(step)
-            guard.observe(loss, step)
+            loss_guard.observe(loss, step)
+            if grad_norm is not None:
+                grad_guard.observe(grad_norm, step)
             loss_sum += loss.detach()
             interval_steps += 1
             done = step + 1
             progress.update(1)
 
             if done % run.log_every == 0 or done == end_step:
-                guard.check()
+                loss_guard.check("loss")
+                grad_guard.check("gradient norm")
                 mean_loss = float(all_reduce_mean(loss_sum / interval_steps, info))
                 elapsed = time.perf_counter() - interval_start
                 record = {
@@ -436,7 +439,8 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
                 interval_steps, interval_start = 0, time.perf_counter()
 
             if done % run.checkpoint_every == 0 or done == end_step:
-                guard.check()
+                loss_guard.check("loss")
+                grad_guard.check("gradient norm")
                 _save(output_dir, cfg, jepa, target_encoder, optimizer, done, run, info)
     finally:
         progress.close()
