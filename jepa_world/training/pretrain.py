@@ -167,7 +167,7 @@ def mask_generators(cfg: Mapping[str, Any]) -> list:
     return _build("mask", build_mask_generators, {"specs": [dict(s) for s in specs]})
 
 
-DATASET_KINDS: tuple[str, ...] = ("synthetic", "video_folder", "image_folder")
+DATASET_KINDS: tuple[str, ...] = ("synthetic", "video_folder", "image_folder", "trajectory")
 LOADER_KEYS: tuple[str, ...] = ("kind", "num_workers")
 
 
@@ -182,12 +182,15 @@ def build_dataset(cfg: Mapping[str, Any]) -> Dataset:
         from jepa_world.data.video import VideoFolderDataset as cls
     elif kind == "image_folder":
         from jepa_world.data.image import ImageFolderDataset as cls
+    elif kind == "trajectory":
+        from jepa_world.data.trajectory_clips import TrajectoryClipDataset as cls
     else:
         raise ConfigError(f"data.kind={kind!r}: expected one of {DATASET_KINDS}")
-    if kind in ("video_folder", "image_folder"):
+    if kind in ("video_folder", "image_folder", "trajectory"):
         root = kwargs.get("root")
         if not root or not Path(str(root)).is_dir():
-            raise ConfigError(f"data.root={root!r}: directory does not exist (data={kind} needs data.root=/path/to/{kind.split('_')[0]}s)")
+            expected = "a LeRobot dataset dir" if kind == "trajectory" else f"/path/to/{kind.split('_')[0]}s"
+            raise ConfigError(f"data.root={root!r}: directory does not exist (data={kind} needs data.root={expected})")
     return _build(f"data ({kind})", cls, kwargs)
 
 
