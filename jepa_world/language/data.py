@@ -82,7 +82,7 @@ class TablePositions:
         self.targets = torch.tensor([0.0, 1 / 3, 2 / 3, 1.0])
 
     @classmethod
-    def from_env(cls, env, num_goals: int = 512) -> TablePositions:
+    def from_env(cls, env, num_goals: int = 4096) -> TablePositions:
         """Fit the map on ``num_goals`` goals drawn with seeds 0..num_goals-1 (deterministic)."""
         projection = CameraProjection.from_env(env)
         base = env.unwrapped
@@ -131,6 +131,8 @@ def rollout_episodes(
     goal_every: int = 12,
 ) -> CaptionedEpisodes:
     """Expert rollouts that re-target a random goal every ``goal_every`` steps (real physics + renders)."""
+    import torch._dynamo  # noqa: F401  (triton's LLVM must load before MuJoCo's EGL/Mesa one, else SIGSEGV)
+
     import envs
 
     if num_episodes < 1 or steps < 2 or goal_every < 1:
