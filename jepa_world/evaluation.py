@@ -143,7 +143,8 @@ def route_model_override(argv: list[str]) -> list[str]:
 
 def train_hint(env_name: str) -> str:
     return (f"train one with `python scripts/collect.py env={env_name} episodes=200 output_dir=data/{env_name}` then "
-            f"`python scripts/posttrain.py env={env_name} data=data/{env_name}`, and pass model=<its output dir>")
+            f"`python scripts/posttrain.py data=data/{env_name} encoder=<pretrain checkpoint dir or random:tiny> "
+            f"output_dir=outputs/posttrain-{env_name}`, and pass model=outputs/posttrain-{env_name}/checkpoints/last")
 
 
 def resolve_model_dir(model: str, env_name: str) -> Path:

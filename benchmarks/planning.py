@@ -1,0 +1,178 @@
+"""Planning speed: the default world model + default planner (conf/planner/cem.yaml, conf/plan.yaml).
+
+    MUJOCO_GL=egl python benchmarks/planning.py [--model DIR] [--planner cem] [--samples 300]
+        [--iterations 10] [--horizons 1 5] [--envs 1 4] [--repeats 3] [--threads 2]
+
+For each horizon it times, in one process:
+  * predictor: the rollout calls a planning call makes (iterations x one KV-cached rollout of all
+    candidates), with no planner around them: the floor the planner cannot beat;
+  * plan: a full planning call (sampling, cost, elites, bookkeeping);
+  * naive plan: the same planner with a rollout that re-runs the whole history through the
+    predictor at every horizon step (no KV cache; what the V-JEPA 2-AC reference does);
+  * agent: ms per action of MPCAgent.act on a real reach observation (encode + plan);
+and reports planner overhead = plan / predictor - 1, speed-up = naive / plan, and achieved
+GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a measured fp32 matmul peak.
+Without --model (and no shipped checkpoints/reach-default) the model is the default posttrain
+architecture with random weights: speed does not depend on the weights.
+Timings on a shared machine swing; compare ratios within one run (cpu/wall ~ threads means the
+process was not starved).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import envs  # noqa: E402
+from jepa_world import evaluation as ev  # noqa: E402
+from jepa_world.models.vit import build_encoder  # noqa: E402
+from jepa_world.world_model import WorldModel, WorldModelConfig  # noqa: E402
+from planners import make_planner  # noqa: E402
+from planners.agent import MPCAgent  # noqa: E402
+from planners.objectives import build_cost_fn  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_world_model(model: str | None) -> tuple[WorldModel, str]:
+    candidate = model or "checkpoints/reach-default"
+    try:
+        return ev.load_world_model(candidate, "reach"), candidate
+    except FileNotFoundError:
+        if model is not None:
+            raise
+    posttrain = yaml.safe_load((ROOT / "conf" / "posttrain.yaml").read_text())
+    encoder = build_encoder("tiny", img_size=64, patch_size=posttrain["random_encoder"]["patch_size"])
+    wm_cfg = WorldModelConfig(**posttrain["world_model"])
+    wm = WorldModel.create(encoder, action_dim=3, state_dim=9, config=wm_cfg, size=posttrain["predictor"]["size"])
+    return wm.eval().requires_grad_(False), f"random-init posttrain default (encoder tiny, predictor {posttrain['predictor']['size']})"
+
+
+def planner_config(name: str, overrides: dict) -> dict:
+    cfg = yaml.safe_load((ROOT / "conf" / "planner" / f"{name}.yaml").read_text())
+    cfg.pop("name")
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    return cfg
+
+
+def timed(fn, repeats: int) -> tuple[float, float]:
+    """(median wall seconds per call, cpu/wall ratio) after one warm-up call."""
+    fn()
+    walls, cpu0, wall0 = [], time.process_time(), time.perf_counter()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - start)
+    return statistics.median(walls), (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+
+
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    seconds, _ = timed(lambda: a @ b, repeats)
+    return 2 * size**3 / seconds / 1e9
+
+
+def count_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+class NaiveRollout:
+    """World-model view whose rollout re-runs the full history at every horizon step."""
+
+    def __init__(self, wm: WorldModel):
+        self.wm = wm
+
+    def rollout(self, z0, state0, actions):
+        return self.wm.rollout(z0, state0, actions, use_kv_cache=False)
+
+    def next_states(self, states, actions):
+        return self.wm.next_states(states, actions)
+
+
+def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: int, repeats: int,
+          observation: dict, goal: np.ndarray, low: np.ndarray, high: np.ndarray, peak: float) -> dict:
+    planner = make_planner(planner_name, **cfg)
+    samples, iterations = cfg["samples"], cfg["iterations"]
+    pixels = torch.as_tensor(np.stack([observation["pixels"]] * num_envs)).permute(0, 3, 1, 2)
+    z0 = wm.encode(pixels)  # (E, N, D)
+    z_goal = wm.encode(torch.as_tensor(np.stack([goal] * num_envs)).permute(0, 3, 1, 2))
+    state0 = torch.as_tensor(np.stack([observation["state"]] * num_envs))
+    actions = torch.empty(num_envs * samples, horizon, len(low)).uniform_(float(low.min()), float(high.max()))
+    z_ctx, s_ctx = (z0, state0) if num_envs == 1 else (z0.repeat_interleave(samples, 0), state0.repeat_interleave(samples, 0))
+
+    def predictor_only():
+        with torch.no_grad():
+            for _ in range(iterations):
+                wm.rollout(z_ctx, s_ctx, actions)
+
+    def plan(model):
+        cost_fn = build_cost_fn(model, z0, state0, z_goal)
+        planner.plan(cost_fn, num_envs, horizon, low, high, generator=torch.Generator().manual_seed(0))
+
+    predictor_s, _ = timed(predictor_only, repeats)
+    plan_s, cpu_ratio = timed(lambda: plan(wm), repeats)
+    naive_s, _ = timed(lambda: plan(NaiveRollout(wm)), max(1, repeats // 2))
+    flops = count_flops(lambda: plan(wm))
+
+    agent = MPCAgent(wm, planner, horizon=horizon, action_low=low, action_high=high)
+    agent.reset(np.stack([goal] * num_envs))
+    act_s, _ = timed(lambda: agent.act_batch([observation] * num_envs), repeats)
+    return {
+        "H": horizon, "E": num_envs, "predictor ms": predictor_s * 1e3, "plan ms": plan_s * 1e3,
+        "overhead": plan_s / predictor_s - 1, "naive ms": naive_s * 1e3, "speed-up": naive_s / plan_s,
+        "act ms/env": act_s * 1e3 / num_envs, "GFLOP/s": flops / plan_s / 1e9, "% peak": 100 * flops / plan_s / 1e9 / peak,
+        "cpu/wall": cpu_ratio,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="world-model dir (default: checkpoints/reach-default or random init)")
+    parser.add_argument("--planner", default="cem", choices=["cem", "mppi", "adam"])
+    parser.add_argument("--samples", type=int, default=None)
+    parser.add_argument("--iterations", type=int, default=None)
+    parser.add_argument("--horizons", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--envs", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    wm, model_name = default_world_model(args.model)
+    cfg = planner_config(args.planner, {"samples": args.samples, "iterations": args.iterations})
+    env = envs.make("reach", image_size=ev.model_image_size(wm) or 64)
+    observation, _ = env.reset(seed=0)
+    goal = env.unwrapped.goal_image()
+    low, high = env.action_space.low, env.action_space.high
+    env.close()
+    peak = matmul_peak_gflops()
+    tokens = wm.predictor.config.frame_tokens
+    print(f"model: {model_name}; {sum(p.numel() for p in wm.predictor.parameters()) / 1e6:.2f}M predictor params, "
+          f"{tokens} tokens/frame; planner {args.planner} {cfg['samples']} samples x {cfg['iterations']} iterations; "
+          f"{torch.get_num_threads()} threads; fp32 matmul peak {peak:.0f} GFLOP/s")
+    rows = [bench(wm, args.planner, cfg, h, e, args.repeats, observation, goal, low, high, peak)
+            for e in args.envs for h in args.horizons]
+    header = list(rows[0])
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        cells = [f"{row[k]:.0%}" if k == "overhead" else f"{row[k]:.1f}x" if k == "speed-up"
+                 else f"{row[k]:.2f}" if k == "cpu/wall" else f"{row[k]:.0f}" if isinstance(row[k], float) else str(row[k])
+                 for k in header]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
