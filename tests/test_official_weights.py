@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jepa_world.models.official import CheckpointMismatchError, load_official_checkpoint
+from jepa_world.models.official import CheckpointMismatchError, convert_checkpoint, load_official_checkpoint
 from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer, sincos_table
 
@@ -172,6 +172,9 @@ def test_hf_vjepa2_layout_loads_encoder_and_predictor(tmp_path, sources, nested_
     predictor = load_official_checkpoint(path, "predictor", model=small_predictor(seed=9))
     for index in (0, 1):
         torch.testing.assert_close(predict(predictor, sources, index), predict(pred2, sources, index))
+    out = convert_checkpoint(path, tmp_path / "converted", "all", predictor_overrides={"num_heads": 4})
+    assert json.loads((out / "config.json").read_text())["parts"] == ["encoder", "predictor"]
+    torch.testing.assert_close(load_file(str(out / "model.safetensors"))["predictor.mask_tokens.1"], pred2.mask_tokens[1])
 
 
 def test_wrong_shapes_name_the_key(official_file, sources, tmp_path):
