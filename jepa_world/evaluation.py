@@ -196,10 +196,11 @@ def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
     return MPCAgent(world_model, make_planner(name, **planner_cfg), horizon=int(cfg["horizon"]),
                     replan_every=int(cfg["replan_every"]), time_budget_s=cfg.get("time_budget_s"),
                     action_low=env.action_space.low, action_high=env.action_space.high, objective=objective,
-                    warm_start=bool(cfg.get("warm_start", True)), seed=int(cfg.get("seed", 0)))
+                    warm_start=bool(cfg.get("warm_start", True)), seed=int(cfg.get("seed", 0)),
+                    context_frames=int(cfg.get("context_frames", 1)))
 
 
-SETTING_KEYS = ("model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every",
+SETTING_KEYS = ("model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every", "context_frames",
                 "time_budget_s", "warm_start", "planner", "objective")
 
 

@@ -8,7 +8,9 @@
 
 Each replanning call encodes the observation, plans from a warm start (the previous plan
 shifted by the number of steps executed since, padded with the box centre) and returns
-the next action(s) of the best plan. Only observations enter planning, never simulator
+the next action(s) of the best plan. With ``context_frames=k`` the predictor is fed the
+last k observed frames and the actions executed between them (as in training windows);
+the world model runs that shared context once per planning call through its KV cache. Only observations enter planning, never simulator
 state. The agent exposes ``last_plan``, ``last_energies`` (per-iteration best energy) and
 ``plan_ms`` for logging.
 """
@@ -66,6 +68,7 @@ class MPCAgent:
         objective: ObjectiveConfig | None = None,
         warm_start: bool = True,
         seed: int = 0,
+        context_frames: int = 1,
     ):
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -73,6 +76,8 @@ class MPCAgent:
             raise ValueError(f"replan_every must be in [1, horizon={horizon}], got {replan_every}")
         if time_budget_s is not None and time_budget_s <= 0:
             raise ValueError(f"time_budget_s must be positive or None, got {time_budget_s}")
+        if context_frames < 1:
+            raise ValueError(f"context_frames must be >= 1, got {context_frames}")
         if action_low is None or action_high is None:
             raise ValueError("MPCAgent needs action_low and action_high (e.g. env.action_space.low/high) "
                              "so every action it returns is inside the env's bounds")
@@ -83,6 +88,7 @@ class MPCAgent:
         self.objective.validate()
         self.warm_start = warm_start
         self.seed = seed
+        self.context_frames = context_frames
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
         predictor_config = getattr(getattr(world_model, "predictor", None), "config", None)
@@ -96,6 +102,10 @@ class MPCAgent:
         self.last_result: PlanResult | None = None
         self._steps_since_plan = 0
         self.stats = AgentStats()
+        # Observed history: latents (E,N,D) and states (E,Ds) per frame, actions (E,A) between frames.
+        self._latents: list[Tensor] = []
+        self._states: list[Tensor | None] = []
+        self._actions: list[Tensor] = []
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -128,6 +138,7 @@ class MPCAgent:
         self.last_plan, self.last_result = None, None
         self._steps_since_plan = 0
         self.stats = AgentStats()
+        self._latents, self._states, self._actions = [], [], []
         seeds = [self.seed + e for e in range(pixels.shape[0])] if seeds is None else list(seeds)
         if len(seeds) != pixels.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for {pixels.shape[0]} goal images")
@@ -143,11 +154,17 @@ class MPCAgent:
         """E observations -> (E, A) actions, planning for all envs in one batched call."""
         if len(observations) != self.num_envs:
             raise ValueError(f"got {len(observations)} observations for an agent reset with {self.num_envs} goals")
-        if self.last_plan is None or self._steps_since_plan >= self.replan_every:
-            self.replan(observations)
+        start = time.perf_counter()
+        replan = self.last_plan is None or self._steps_since_plan >= self.replan_every
+        if replan or self.context_frames > 1:  # a multi-frame context needs every frame's latent
+            self.observe(observations)
+        if replan:
+            self.replan(start)
         actions = self.last_plan[:, self._steps_since_plan]
         self._steps_since_plan += 1
         actions = torch.maximum(torch.minimum(actions, self.action_high), self.action_low)
+        if self.context_frames > 1:
+            self._actions = (self._actions + [actions])[-(self.context_frames - 1):]
         actions = actions.cpu().numpy()
         if not np.isfinite(actions).all():
             raise RuntimeError("planner produced a non-finite action; the world model or objective returned NaN")
@@ -178,13 +195,28 @@ class MPCAgent:
         pad = ((self.action_low + self.action_high) / 2).expand(self.last_plan.shape[0], shift, -1)
         return torch.cat([self.last_plan[:, shift:], pad], dim=1)
 
-    def replan(self, observations: list[dict]) -> PlanResult:
-        start = time.perf_counter()
+    def observe(self, observations: list[dict]) -> None:
+        """Check and encode the current observations and append them to the context history."""
         pixels = check_pixels(np.stack([np.asarray(o["pixels"]) for o in observations]), "observation")
-        state0 = self.states_from(observations)
+        states = self.states_from(observations)
         with torch.no_grad():
-            z0 = self.encode(pixels)
-        cost_fn = build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state)
+            latents = self.encode(pixels)
+        k = self.context_frames
+        self._latents, self._states = (self._latents + [latents])[-k:], (self._states + [states])[-k:]
+
+    def context(self) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(E, T0, N, D) latents, (E, T0, Ds) states and (E, T0-1, A) actions of the last T0 <= k frames."""
+        frames = len(self._latents)
+        # Actions recorded before the history filled up may outnumber the kept frames - 1.
+        actions = self._actions[len(self._actions) - (frames - 1):] if frames > 1 else []
+        latents = torch.stack(self._latents, dim=1)
+        states = None if self._states[-1] is None else torch.stack(self._states, dim=1)
+        return latents, states, torch.stack(actions, dim=1) if actions else None
+
+    def replan(self, start: float) -> PlanResult:
+        z0, state0, context_actions = self.context()
+        cost_fn = build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state,
+                                context_actions)
         budget = None
         if self.time_budget_s is not None:  # encoding counts against the budget too
             budget = max(self.time_budget_s - (time.perf_counter() - start), 1e-3)

@@ -83,54 +83,68 @@ def build_cost_fn(
     z_goal: Tensor,
     config: ObjectiveConfig | None = None,
     goal_state: Tensor | None = None,
+    context_actions: Tensor | None = None,
 ) -> CostFn:
     """Make ``cost_fn(actions (E,S,H,A)) -> (E,S)`` from per-env context and goal.
 
-    z0: (E, N, D) current-frame latents; state0: (E, Ds), or None for a
-    stateless world model; z_goal: (E, N, D); goal_state: (E, Ds), needed only when
-    ``proprio_weight > 0``. A context longer than one frame is not supported here because
-    the rollout would also need the actions between context frames.
+    z0: (E, N, D) current-frame latents, or (E, T0, N, D) the last T0 frames with
+    ``context_actions`` (E, T0-1, A) the actions executed between them; state0: (E, Ds) or
+    (E, T0, Ds), or None for a stateless world model; z_goal: (E, N, D); goal_state: (E, Ds),
+    needed only when ``proprio_weight > 0``.
     """
     config = config or ObjectiveConfig()
     config.validate()
-    E = z0.shape[0]
+    if z0.ndim == 3:
+        z0 = z0[:, None]
+    if z0.ndim != 4:
+        raise ValueError(f"z0 must be (E, N, D) or (E, T0, N, D), got {tuple(z0.shape)}")
+    E, T0 = z0.shape[:2]
     if z_goal.ndim != 3 or z_goal.shape[0] != E or z_goal.shape[-2:] != z0.shape[-2:]:
         raise ValueError(f"z_goal must be (E, N, D) = ({E}, {z0.shape[-2]}, {z0.shape[-1]}), got {tuple(z_goal.shape)}")
-    if z0.ndim != 3:
-        raise ValueError(f"z0 must be (E, N, D) current-frame latents, got {tuple(z0.shape)}")
-    if state0 is not None and (state0.ndim != 2 or state0.shape[0] != E):
-        raise ValueError(f"state0 must be (E, Ds) with E={E}, got {tuple(state0.shape)}")
+    if state0 is not None:
+        if state0.ndim == 2:
+            state0 = state0[:, None]
+        if state0.ndim != 3 or state0.shape[:2] != (E, T0):
+            raise ValueError(f"state0 must be (E, Ds) or (E, T0, Ds) with E={E}, T0={T0}, got {tuple(state0.shape)}")
+    if T0 > 1 and (context_actions is None or context_actions.shape[:2] != (E, T0 - 1)):
+        got = None if context_actions is None else tuple(context_actions.shape)
+        raise ValueError(f"a {T0}-frame context needs context_actions of shape (E={E}, {T0 - 1}, A), got {got}")
     if config.proprio_weight > 0:
-        if state0 is None or goal_state is None or goal_state.shape != state0.shape:
-            expected = None if state0 is None else tuple(state0.shape)
+        if state0 is None or goal_state is None or goal_state.shape != state0[:, -1].shape:
+            expected = None if state0 is None else tuple(state0[:, -1].shape)
             got = None if goal_state is None else tuple(goal_state.shape)
             raise ValueError(f"proprio_weight > 0 needs state0 and a goal_state of the same shape, got {expected} and {got}")
+    if T0 == 1:  # the plain (S, N, D) / (S, Ds) form every world model accepts
+        context = (z0[:, 0], None if state0 is None else state0[:, 0], None)
+    else:
+        context = (z0, state0, context_actions)
     goal = normalize_latents(z_goal, config.layer_norm)[:, None, None]  # (E, 1, 1, N, D)
-    expanded: dict[int, tuple[Tensor, Tensor | None]] = {}
+    expanded: dict[int, tuple[Tensor | None, ...]] = {}
 
-    def context_for(samples: int) -> tuple[Tensor, Tensor | None]:
-        if E == 1:
-            return z0, state0
+    def context_for(samples: int) -> tuple[Tensor | None, ...]:
+        if E == 1:  # batch-1 context: the world model runs the context prefix once and shares it
+            return context
         if samples not in expanded:  # repeat the context once per planning call, not per iteration
             expanded.clear()
-            expanded[samples] = (z0.repeat_interleave(samples, dim=0),
-                                 None if state0 is None else state0.repeat_interleave(samples, dim=0))
+            expanded[samples] = tuple(None if x is None else x.repeat_interleave(samples, dim=0) for x in context)
         return expanded[samples]
 
     def cost_fn(actions: Tensor) -> Tensor:
         E_, S, H, A = actions.shape
         if E_ != E:
             raise ValueError(f"cost_fn got actions for {E_} envs, expected {E}")
-        z_ctx, s_ctx = context_for(S)
-        pred = world_model.rollout(z_ctx, s_ctx, actions.reshape(E * S, H, A))  # (E*S, H, N, D)
+        z_ctx, s_ctx, a_ctx = context_for(S)
+        flat = actions.reshape(E * S, H, A)
+        pred = world_model.rollout(z_ctx, s_ctx, flat) if a_ctx is None else world_model.rollout(
+            z_ctx, s_ctx, flat, context_actions=a_ctx)  # (E*S, H, N, D)
         if config.frames == "last":
             pred = pred[:, -1:]
         pred = normalize_latents(pred, config.layer_norm).reshape(E, S, pred.shape[1], *pred.shape[-2:])
         per_frame = latent_distance(pred, goal, config.metric)  # (E, S, H') with H' = 1 or H
-        weights = frame_weights(per_frame.shape[-1], "all" if config.frames == "all" else "last", config.discount, actions.device)
+        weights = frame_weights(per_frame.shape[-1], config.frames, config.discount, actions.device)
         cost = per_frame @ weights
         if config.proprio_weight > 0:
-            final_state = world_model.next_states(state0[:, None], actions.sum(dim=2))  # (E, S, Ds)
+            final_state = world_model.next_states(state0[:, -1:], actions.sum(dim=2))  # (E, S, Ds)
             cost = cost + config.proprio_weight * (final_state - goal_state[:, None]).pow(2).sum(-1)
         return cost
 

@@ -95,6 +95,34 @@ def test_agent_actions_inside_bounds_with_real_world_model():
     assert np.isfinite(agent.stats.energies[-1]).all()
 
 
+def test_multi_frame_context_feeds_history_and_executed_actions():
+    encoder = build_encoder("tiny", img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    wm = WorldModel.create(encoder, action_dim=2, state_dim=2, config=WorldModelConfig(integrated_state_dims=(0, 1)),
+                           dim=32, depth=1, num_heads=2).eval()
+    calls = []
+    rollout = wm.rollout
+
+    def recording_rollout(z0, state0, actions, context_actions=None, **kwargs):
+        calls.append((z0.shape, None if context_actions is None else context_actions.clone()))
+        return rollout(z0, state0, actions, context_actions=context_actions, **kwargs)
+
+    wm.rollout = recording_rollout
+    agent = MPCAgent(wm, make_planner("cem", samples=8, elites=2, iterations=1), horizon=2, context_frames=3,
+                     action_low=LOW, action_high=HIGH)
+    agent.reset(render_point(np.array([0.3, 0.3])))
+    executed = []
+    for step in range(4):
+        calls.clear()
+        executed.append(agent.act(point_obs([0.1 * step - 0.2, 0.0])))
+        frames = min(step + 1, 3)
+        shape, context_actions = calls[0]
+        if frames > 1:  # batch-1 shared context of the last `frames` frames and the actions between them
+            assert shape[:2] == (1, frames)
+            np.testing.assert_allclose(context_actions[0].numpy(), np.stack(executed[-frames:-1]), atol=1e-6)
+        else:
+            assert len(shape) == 3 and shape[0] == 1 and context_actions is None
+
+
 def test_time_budget_honoured_within_20_percent_on_slow_model():
     budget = 0.4
     agent = make_agent(PointWorldModel(delay_s=0.03), planner_cfg=dict(samples=32, elites=4, iterations=10_000),
@@ -194,6 +222,8 @@ def test_bad_observations_and_settings_raise_clear_errors():
         agent.act_batch([point_obs([0, 0])] * 2)
     with pytest.raises(ValueError, match=r"replan_every must be in \[1, horizon=3\], got 4"):
         make_agent(replan_every=4)
+    with pytest.raises(ValueError, match="context_frames must be >= 1, got 0"):
+        make_agent(context_frames=0)
     with pytest.raises(ValueError, match="needs action_low and action_high"):
         MPCAgent(PointWorldModel(), make_planner("cem"))
     with pytest.raises(ValueError, match="unknown objective metric 'l3'"):
