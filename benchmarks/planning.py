@@ -1,7 +1,7 @@
 """Planning speed: the default world model + default planner (conf/planner/cem.yaml, conf/plan.yaml).
 
     MUJOCO_GL=egl python benchmarks/planning.py [--model DIR] [--planner cem] [--samples 300]
-        [--iterations 10] [--horizons 1 5] [--envs 1 4] [--repeats 3] [--threads 2]
+        [--iterations 10] [--horizons 1 5] [--envs 1 4] [--contexts 1 4] [--repeats 3] [--threads 2]
 
 For each horizon it times, in one process:
   * predictor: the rollout calls a planning call makes (iterations x one KV-cached rollout of all
@@ -10,6 +10,8 @@ For each horizon it times, in one process:
   * naive plan: the same planner with a rollout that re-runs the whole history through the
     predictor at every horizon step (no KV cache; what the V-JEPA 2-AC reference does);
   * agent: ms per action of MPCAgent.act on a real reach observation (encode + plan);
+--contexts T0 feeds T0 history frames before the planned steps (the agent's context_frames);
+the KV cache runs that context once per call, the naive rollout at every horizon step.
 and reports planner overhead = plan / predictor - 1, speed-up = naive / plan, and achieved
 GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a measured fp32 matmul peak.
 Without --model (and no shipped checkpoints/reach-default) the model is the default posttrain
@@ -93,31 +95,34 @@ class NaiveRollout:
     def __init__(self, wm: WorldModel):
         self.wm = wm
 
-    def rollout(self, z0, state0, actions):
-        return self.wm.rollout(z0, state0, actions, use_kv_cache=False)
+    def rollout(self, z0, state0, actions, context_actions=None):
+        return self.wm.rollout(z0, state0, actions, context_actions=context_actions, use_kv_cache=False)
 
     def next_states(self, states, actions):
         return self.wm.next_states(states, actions)
 
 
-def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: int, repeats: int,
+def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: int, context: int, repeats: int,
           observation: dict, goal: np.ndarray, low: np.ndarray, high: np.ndarray, peak: float) -> dict:
     planner = make_planner(planner_name, **cfg)
     samples, iterations = cfg["samples"], cfg["iterations"]
     pixels = torch.as_tensor(np.stack([observation["pixels"]] * num_envs)).permute(0, 3, 1, 2)
-    z0 = wm.encode(pixels)  # (E, N, D)
+    z0 = wm.encode(pixels)[:, None].expand(-1, context, -1, -1)  # (E, T0, N, D): the frame repeated as history
     z_goal = wm.encode(torch.as_tensor(np.stack([goal] * num_envs)).permute(0, 3, 1, 2))
-    state0 = torch.as_tensor(np.stack([observation["state"]] * num_envs))
+    state0 = torch.as_tensor(np.stack([observation["state"]] * num_envs))[:, None].expand(-1, context, -1)
+    context_actions = torch.zeros(num_envs, context - 1, len(low)) if context > 1 else None
     actions = torch.empty(num_envs * samples, horizon, len(low)).uniform_(float(low.min()), float(high.max()))
-    z_ctx, s_ctx = (z0, state0) if num_envs == 1 else (z0.repeat_interleave(samples, 0), state0.repeat_interleave(samples, 0))
+    rows = (lambda x: x) if num_envs == 1 else (lambda x: x.repeat_interleave(samples, 0))
+    z_ctx, s_ctx = rows(z0), rows(state0)
+    a_ctx = None if context_actions is None else rows(context_actions)
 
     def predictor_only():
         with torch.no_grad():
             for _ in range(iterations):
-                wm.rollout(z_ctx, s_ctx, actions)
+                wm.rollout(z_ctx, s_ctx, actions, context_actions=a_ctx)
 
     def plan(model):
-        cost_fn = build_cost_fn(model, z0, state0, z_goal)
+        cost_fn = build_cost_fn(model, z0, state0, z_goal, context_actions=context_actions)
         planner.plan(cost_fn, num_envs, horizon, low, high, generator=torch.Generator().manual_seed(0))
 
     predictor_s, _ = timed(predictor_only, repeats)
@@ -125,11 +130,13 @@ def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: 
     naive_s, _ = timed(lambda: plan(NaiveRollout(wm)), max(1, repeats // 2))
     flops = count_flops(lambda: plan(wm))
 
-    agent = MPCAgent(wm, planner, horizon=horizon, action_low=low, action_high=high)
+    agent = MPCAgent(wm, planner, horizon=horizon, action_low=low, action_high=high, context_frames=context)
     agent.reset(np.stack([goal] * num_envs))
+    for _ in range(context - 1):  # fill the agent's history so every timed call uses the full context
+        agent.act_batch([observation] * num_envs)
     act_s, _ = timed(lambda: agent.act_batch([observation] * num_envs), repeats)
     return {
-        "H": horizon, "E": num_envs, "predictor ms": predictor_s * 1e3, "plan ms": plan_s * 1e3,
+        "H": horizon, "E": num_envs, "T0": context, "predictor ms": predictor_s * 1e3, "plan ms": plan_s * 1e3,
         "overhead": plan_s / predictor_s - 1, "naive ms": naive_s * 1e3, "speed-up": naive_s / plan_s,
         "act ms/env": act_s * 1e3 / num_envs, "GFLOP/s": flops / plan_s / 1e9, "% peak": 100 * flops / plan_s / 1e9 / peak,
         "cpu/wall": cpu_ratio,
@@ -144,6 +151,7 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--horizons", type=int, nargs="+", default=[1, 5])
     parser.add_argument("--envs", type=int, nargs="+", default=[1])
+    parser.add_argument("--contexts", type=int, nargs="+", default=[1], help="context frames fed before planning")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -162,8 +170,8 @@ def main() -> None:
     print(f"model: {model_name}; {sum(p.numel() for p in wm.predictor.parameters()) / 1e6:.2f}M predictor params, "
           f"{tokens} tokens/frame; planner {args.planner} {cfg['samples']} samples x {cfg['iterations']} iterations; "
           f"{torch.get_num_threads()} threads; fp32 matmul peak {peak:.0f} GFLOP/s")
-    rows = [bench(wm, args.planner, cfg, h, e, args.repeats, observation, goal, low, high, peak)
-            for e in args.envs for h in args.horizons]
+    rows = [bench(wm, args.planner, cfg, h, e, t0, args.repeats, observation, goal, low, high, peak)
+            for e in args.envs for t0 in args.contexts for h in args.horizons]
     header = list(rows[0])
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
