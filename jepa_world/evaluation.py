@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import gymnasium as gym
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from planners import make_planner
 from planners.agent import MPCAgent
@@ -75,11 +76,12 @@ def run_episodes(
     episode_ids: Sequence[int] | None = None,
     reset_options: Sequence[dict | None] | None = None,
     record_video: Sequence[bool] | bool = False,
+    progress: bool = False,
 ) -> tuple[list[EpisodeResult], list[list[np.ndarray]]]:
     """Run one episode per env in lockstep with batched planning.
 
     Returns the results and, per env, the composed video frames (empty lists where
-    ``record_video`` is False).
+    ``record_video`` is False). ``progress`` shows a tqdm bar over steps.
     """
     E = len(envs)
     if E == 0 or len(seeds) != E:
@@ -102,6 +104,7 @@ def run_episodes(
     frames: list[list[np.ndarray]] = [[] for _ in range(E)]
     active = np.ones(E, dtype=bool)
 
+    bar = tqdm(total=max_steps, desc="plan", unit="step", disable=not progress)
     for _ in range(max_steps):
         start = time.perf_counter()
         actions = agent.act_batch(observations)
@@ -120,8 +123,11 @@ def run_episodes(
             res.distances.append(float(info.get("distance", math.nan)))
             if terminated or truncated:
                 active[e] = False
+        bar.update(1)
+        bar.set_postfix(energy=f"{float(np.mean(energies)):.4f}", plan_ms=f"{act_ms:.0f}")
         if not active.any():
             break
+    bar.close()
 
     for e, res in enumerate(results):  # the only place simulator success is read
         res.success = None if infos[e].get("is_success") is None else bool(infos[e]["is_success"])

@@ -34,7 +34,8 @@ def plan_episode(cfg: dict) -> dict:
         load_goal(str(cfg["goal"]), env)  # installs the goal in the env; reset keeps it
         agent = ev.build_agent(cfg, world_model, env)
         (result,), (frames,) = ev.run_episodes([env], agent, [int(cfg["seed"])], int(cfg["max_steps"]),
-                                               reset_options=[{"keep_goal": True}], record_video=bool(cfg["video"]))
+                                               reset_options=[{"keep_goal": True}], record_video=bool(cfg["video"]),
+                                               progress=True)
     finally:
         env.close()
     out = os.path.abspath(cfg["output_dir"])

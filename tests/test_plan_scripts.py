@@ -8,6 +8,7 @@ from pathlib import Path
 import decord
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 from PIL import Image
@@ -18,7 +19,15 @@ from jepa_world.models.vit import build_encoder
 from jepa_world.world_model import WorldModel, WorldModelConfig
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["max_steps=3", "horizon=2", "planner.samples=16", "planner.elites=4", "planner.iterations=2", "fps=4"]
+# threads=1: on a shared 2-core box a 2-thread torch pool mostly spins (measured ~10x slower per call).
+FAST = ["max_steps=3", "horizon=2", "planner.samples=16", "planner.elites=4", "planner.iterations=2", "fps=4", "threads=1"]
+
+
+@pytest.fixture(autouse=True)
+def restore_torch_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +66,7 @@ def test_plan_cli_writes_result_video_and_plot(model_dir, tmp_path):
     out = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "scripts/plan.py", "env=reach", f"model={model_dir}", "goal=seed:3", f"output_dir={out}",
-         "planner=mppi", "planner.samples=24", *FAST[:2], "planner.elites=4", "planner.iterations=2"],
+         "planner=mppi", "planner.samples=24", *FAST[:2], "planner.elites=4", "planner.iterations=2", "threads=1"],
         cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = [line for line in proc.stdout.splitlines() if line.strip() and not line.startswith("[")]  # not logs
