@@ -135,8 +135,12 @@ def build_cost_fn(
             raise ValueError(f"cost_fn got actions for {E_} envs, expected {E}")
         z_ctx, s_ctx, a_ctx = context_for(S)
         flat = actions.reshape(E * S, H, A)
-        pred = world_model.rollout(z_ctx, s_ctx, flat) if a_ctx is None else world_model.rollout(
-            z_ctx, s_ctx, flat, context_actions=a_ctx)  # (E*S, H, N, D)
+        kwargs = {} if a_ctx is None else {"context_actions": a_ctx}
+        if actions.requires_grad and torch.is_grad_enabled():
+            # The KV cache is filled in place, which autograd cannot differentiate through; the
+            # gradient planner uses the full re-run path instead.
+            kwargs["use_kv_cache"] = False
+        pred = world_model.rollout(z_ctx, s_ctx, flat, **kwargs)  # (E*S, H, N, D)
         if config.frames == "last":
             pred = pred[:, -1:]
         pred = normalize_latents(pred, config.layer_norm).reshape(E, S, pred.shape[1], *pred.shape[-2:])

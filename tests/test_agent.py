@@ -44,7 +44,7 @@ class PointWorldModel(nn.Module):
         y = (w.sum(2) * self.coords).sum(-1)
         return torch.stack([x, y], -1)[:, None, :]  # (B, N=1, D=2)
 
-    def rollout(self, z0, state0, actions):
+    def rollout(self, z0, state0, actions, use_kv_cache=True):
         if self.delay_s:
             time.sleep(self.delay_s)
         return z0[:, None] + self.gain * actions.cumsum(1)[:, :, None, :]  # (S, H, 1, 2)
@@ -81,24 +81,32 @@ def test_agent_reaches_goal_and_stays_in_bounds(planner):
     assert agent.last_energies.shape[0] == 1 and len(agent.plan_ms) == 12
 
 
-def test_agent_actions_inside_bounds_with_real_world_model():
+def tiny_world_model():
     encoder = build_encoder("tiny", img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    wm = WorldModel.create(encoder, action_dim=2, state_dim=2, config=WorldModelConfig(integrated_state_dims=(0, 1)),
-                           dim=32, depth=1, num_heads=2).eval()
-    agent = MPCAgent(wm, make_planner("mppi", samples=32, elites=4, iterations=3), horizon=2,
-                     action_low=LOW, action_high=HIGH)
+    return WorldModel.create(encoder, action_dim=2, state_dim=2, config=WorldModelConfig(integrated_state_dims=(0, 1)),
+                             dim=32, depth=1, num_heads=2).eval()
+
+
+@pytest.mark.parametrize("planner,cfg", [("mppi", dict(samples=32, elites=4, iterations=3)),
+                                         ("adam", dict(samples=4, iterations=6, lr=0.2))])
+@pytest.mark.parametrize("context_frames", [1, 2])
+def test_agent_with_real_world_model(planner, cfg, context_frames):
+    wm = tiny_world_model()
+    agent = MPCAgent(wm, make_planner(planner, **cfg), horizon=2, action_low=LOW, action_high=HIGH,
+                     context_frames=context_frames)
     agent.reset(render_point(np.array([0.3, 0.3])))
     rng = np.random.default_rng(0)
     for _ in range(3):
         action = agent.act(point_obs(rng.uniform(-0.8, 0.8, 2)))
         assert (action >= LOW).all() and (action <= HIGH).all()
     assert np.isfinite(agent.stats.energies[-1]).all()
+    assert all(p.grad is None for p in wm.parameters())
+    if planner == "adam":  # gradients flowed through the world model and moved the plan
+        assert agent.last_result.mean_costs[0, -1] < agent.last_result.mean_costs[0, 0]
 
 
 def test_multi_frame_context_feeds_history_and_executed_actions():
-    encoder = build_encoder("tiny", img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    wm = WorldModel.create(encoder, action_dim=2, state_dim=2, config=WorldModelConfig(integrated_state_dims=(0, 1)),
-                           dim=32, depth=1, num_heads=2).eval()
+    wm = tiny_world_model()
     calls = []
     rollout = wm.rollout
 
