@@ -4,7 +4,8 @@
 from its own seed, its goal image is read once, and from then on the agent sees only
 observations. Simulator ground truth (``info["is_success"]``, ``info["distance"]``) is
 recorded for the report, never fed back: planning cannot stop early on it. Every episode
-ends after at most ``max_steps`` steps, or earlier when the env terminates/truncates.
+ends after at most ``max_steps`` steps, or earlier when the env terminates/truncates. With a
+proprio term the goal's at-rest proprio (``goal_proprio()``) is read once with the goal image.
 """
 from __future__ import annotations
 
@@ -98,7 +99,14 @@ def run_episodes(
         observations.append(obs)
         infos.append(info)
         goals.append(env.unwrapped.goal_image())
-    agent.reset(np.stack(goals), seeds=[int(s) for s in seeds])
+    goal_states = None
+    if agent.objective.proprio_weight > 0:  # the goal scene's at-rest proprio, part of the goal spec like its image
+        goal_states = [env.unwrapped.goal_proprio() for env in envs]
+        if any(g is None for g in goal_states):
+            raise ValueError("objective.proprio_weight > 0 needs a goal with a known state (goal=seed:N or a goal .json); "
+                             "an image-only goal carries no proprio")
+        goal_states = np.stack(goal_states)
+    agent.reset(np.stack(goals), goal_state=goal_states, seeds=[int(s) for s in seeds])
     results = [EpisodeResult(int(ix), int(seed), None, None, 0, initial_distance=_finite_or_none(info.get("distance")))
                for ix, seed, info in zip(episode_ids, seeds, infos)]
     frames: list[list[np.ndarray]] = [[] for _ in range(E)]
@@ -196,9 +204,6 @@ def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
     if name is None:
         raise ValueError("planner config has no 'name' (expected planner=cem|mppi|adam)")
     objective = ObjectiveConfig(**cfg.get("objective", {}))
-    if objective.proprio_weight > 0:
-        raise ValueError("objective.proprio_weight > 0 needs the goal's proprio state, which a goal image does not "
-                         "carry; use the Python API (MPCAgent.reset(goal_image, goal_state=...)) for that")
     return MPCAgent(world_model, make_planner(name, **planner_cfg), horizon=int(cfg["horizon"]),
                     replan_every=int(cfg["replan_every"]), time_budget_s=cfg.get("time_budget_s"),
                     action_low=env.action_space.low, action_high=env.action_space.high, objective=objective,

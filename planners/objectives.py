@@ -148,7 +148,7 @@ def build_cost_fn(
         weights = frame_weights(per_frame.shape[-1], config.frames, config.discount, actions.device)
         cost = per_frame @ weights
         if config.proprio_weight > 0:
-            final_state = world_model.next_states(state0[:, -1:], actions.sum(dim=2))  # (E, S, Ds)
+            final_state = world_model.next_states(state0[:, -1:].expand(-1, S, -1), actions.sum(dim=2))  # (E, S, Ds)
             cost = cost + config.proprio_weight * (final_state - goal_state[:, None]).pow(2).sum(-1)
         return cost
 

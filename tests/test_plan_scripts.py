@@ -131,6 +131,17 @@ def test_plan_with_saved_goal_state_judges_success(model_dir, tmp_path):
     assert isinstance(payload["success"], bool) and payload["final_distance"] > 0
 
 
+def test_proprio_term_from_scripts_uses_goal_proprio_and_rejects_image_goals(model_dir, tmp_path):
+    plan = load_script("plan")
+    base = ["env=reach", f"model={model_dir}", f"output_dir={tmp_path / 'out'}", "video=false", *FAST,
+            "objective.proprio_weight=0.5"]
+    payload = plan.plan_episode(config("plan", [*base, "goal=seed:2"]))
+    assert payload["steps"] == 3 and payload["settings"]["objective"]["proprio_weight"] == 0.5
+    Image.fromarray(reach_goal_image()).save(tmp_path / "goal.png")
+    with pytest.raises(ValueError, match="proprio_weight > 0 needs a goal with a known state"):
+        plan.plan_episode(config("plan", [*base, f"goal={tmp_path / 'goal.png'}"]))
+
+
 def test_missing_default_model_explains_how_to_train(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cfg = config("plan", ["env=reach", f"output_dir={tmp_path}"])
