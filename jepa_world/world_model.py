@@ -57,11 +57,24 @@ class WorldModelConfig:
     state_update: str = "integrate"
     integrated_state_dims: tuple[int, ...] = ()  # state dim moved by action dim i; () -> state held
     rollout_chunk: int = 0  # run rollout samples in chunks of this size (0: all at once)
+    # Predictor inputs are standardised, (x - mean) / std per dim, so that 5 cm displacements and
+    # joint angles reach it at unit scale; empty tuples mean identity. Set by posttrain from the
+    # training split; callers always pass raw env units.
+    action_mean: tuple[float, ...] = ()
+    action_std: tuple[float, ...] = ()
+    state_mean: tuple[float, ...] = ()
+    state_std: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         self.pixel_mean = tuple(float(v) for v in self.pixel_mean)
         self.pixel_std = tuple(float(v) for v in self.pixel_std)
         self.integrated_state_dims = tuple(int(v) for v in self.integrated_state_dims)
+        for name in ("action_mean", "action_std", "state_mean", "state_std"):
+            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        for kind in ("action", "state"):
+            mean, std = getattr(self, f"{kind}_mean"), getattr(self, f"{kind}_std")
+            if len(mean) != len(std) or (std and min(std) <= 0):
+                raise ValueError(f"{kind}_mean/{kind}_std must have equal lengths and std > 0, got {mean}/{std}")
         if self.latent_pool < 1:
             raise ValueError(f"WorldModelConfig.latent_pool must be >= 1, got {self.latent_pool}")
         if self.state_update not in STATE_UPDATES:
@@ -98,6 +111,12 @@ class WorldModel(nn.Module):
                 raise ValueError(
                     f"integrated_state_dims {c.integrated_state_dims} must index a state of dim {pc.state_dim}"
                 )
+        for kind, dim in (("action", pc.action_dim), ("state", pc.state_dim)):
+            mean, std = getattr(c, f"{kind}_mean"), getattr(c, f"{kind}_std")
+            if mean and len(mean) != dim:
+                raise ValueError(f"{kind}_mean/{kind}_std have {len(mean)} values but the predictor's {kind}_dim is {dim}")
+            self.register_buffer(f"{kind}_mean", torch.tensor(mean or [0.0] * dim), persistent=False)
+            self.register_buffer(f"{kind}_std", torch.tensor(std or [1.0] * dim), persistent=False)
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1), persistent=False)
         self.encoder.requires_grad_(False)
@@ -185,9 +204,29 @@ class WorldModel(nn.Module):
     def _finish(self, z: Tensor) -> Tensor:
         return layer_norm_tokens(z) if self.config.normalize_latents else z
 
+    def set_input_statistics(self, action_mean: Tensor, action_std: Tensor, state_mean: Tensor | None = None,
+                             state_std: Tensor | None = None) -> None:
+        """Record dataset statistics used to standardise predictor inputs (kept in config.json)."""
+        updates = {"action_mean": action_mean, "action_std": action_std}
+        if self.predictor.config.state_dim:
+            updates.update(state_mean=state_mean, state_std=state_std)
+        for name, value in updates.items():
+            buffer = getattr(self, name)
+            if value is None or value.shape != buffer.shape:
+                raise ValueError(f"{name} must have shape {tuple(buffer.shape)}, got {None if value is None else tuple(value.shape)}")
+            buffer.copy_(value)
+            setattr(self.config, name, tuple(float(v) for v in value.tolist()))
+
+    def standardize(self, actions: Tensor, states: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Raw env-unit actions/states -> the predictor's standardised inputs."""
+        actions = (actions - self.action_mean) / self.action_std
+        if states is not None and self.predictor.config.state_dim:
+            states = (states - self.state_mean) / self.state_std
+        return actions, states
+
     def predict(self, z_hist: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
-        """Teacher-forced: (B,T,N,D), (B,T,A), (B,T,S) -> (B,T,N,D); output t predicts frame t+1."""
-        return self._finish(self.predictor(z_hist, actions, states))
+        """Teacher-forced: (B,T,N,D), (B,T,A), (B,T,S) raw units -> (B,T,N,D); output t predicts frame t+1."""
+        return self._finish(self.predictor(z_hist, *self.standardize(actions, states)))
 
     def next_states(self, states: Tensor, actions: Tensor) -> Tensor:
         """Advance (..., S) states by (..., A) actions with the configured rule (vectorised)."""
@@ -271,7 +310,8 @@ class WorldModel(nn.Module):
         if context > 1:
             prefix_states = None if state0 is None else state0[:, :-1].expand(cache_batch, -1, -1)
             prefix_z = z0[:, :-1].expand(cache_batch, -1, -1, -1)
-            self.predictor.forward_cached(prefix_z, context_actions.expand(cache_batch, -1, -1), prefix_states, cache)
+            prefix = self.standardize(context_actions.expand(cache_batch, -1, -1), prefix_states)
+            self.predictor.forward_cached(prefix_z, *prefix, cache)
             if cache_batch != samples:
                 cache = cache.expand_batch(samples, cache.capacity)
         state = None if state0 is None else state0[:, -1].expand(samples, -1)  # (S, Ds)
@@ -280,7 +320,7 @@ class WorldModel(nn.Module):
         for step in range(horizon):
             action = actions[:, step : step + 1]  # (S, 1, A)
             step_state = None if state is None else state.unsqueeze(1)
-            z = self._finish(self.predictor.forward_cached(z, action, step_state, cache))  # (S, 1, N, D)
+            z = self._finish(self.predictor.forward_cached(z, *self.standardize(action, step_state), cache))  # (S,1,N,D)
             outputs.append(z)
             if state is not None:
                 state = self.next_states(state, action[:, 0])

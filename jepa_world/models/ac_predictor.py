@@ -60,6 +60,10 @@ class ACPredictorConfig:
     # The official predictor owns an extrinsics projection (Linear(action_dim - 1 -> dim)) even
     # when extrinsics are not fed; set 6 to load released weights strictly. It is never used.
     extrinsics_dim: int = 0
+    # Predict frame t+1 as frame t plus a learned change (the output head adds its input tokens).
+    # Starts training at the copy-last-frame solution, which small CPU runs reach far sooner;
+    # the official predictor is absolute (False), which released weights need.
+    predict_residual: bool = False
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -147,6 +151,8 @@ class ACPredictor(nn.Module):
         self.predictor_proj = nn.Linear(c.dim, c.encoder_dim)
         self.apply(lambda m: init_transformer_weights(m, c.init_std))
         rescale_block_residuals(self.predictor_blocks)
+        if c.predict_residual:  # start exactly at "next frame = this frame"
+            nn.init.zeros_(self.predictor_proj.weight)
         self._step_template = self._build_step_template()
 
     @property
@@ -211,10 +217,11 @@ class ACPredictor(nn.Module):
         tokens.append(self.predictor_embed(z))  # (B, T, N, D)
         return torch.cat(tokens, dim=2).flatten(1, 2)
 
-    def read_out(self, x: Tensor, num_steps: int) -> Tensor:
-        """Drop action/state outputs and project back: (B, T*n, D) -> (B, T, N, De)."""
-        x = x.unflatten(1, (num_steps, self.config.step_tokens))[:, :, self.config.cond_tokens :]
-        return self.predictor_proj(self.predictor_norm(x))
+    def read_out(self, x: Tensor, z: Tensor) -> Tensor:
+        """Drop action/state outputs and project back: (B, T*n, D) -> (B, T, N, De); z is the input frames."""
+        x = x.unflatten(1, (z.shape[1], self.config.step_tokens))[:, :, self.config.cond_tokens :]
+        out = self.predictor_proj(self.predictor_norm(x))
+        return z + out if self.config.predict_residual else out
 
     # ------------------------------------------------------------------ forward
     def forward(self, z: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
@@ -226,7 +233,7 @@ class ACPredictor(nn.Module):
         mask = self.block_causal_mask(num_steps, x.device) if num_steps > 1 else None
         for block in self.predictor_blocks:
             x = block(x, rope, mask)
-        return self.read_out(x, num_steps)
+        return self.read_out(x, z)
 
     def new_cache(self, batch: int, max_steps: int, like: Tensor) -> KVCache:
         c = self.config
@@ -259,7 +266,7 @@ class ACPredictor(nn.Module):
             x = x + block.attn.attend(q, k_buf[:, :, :end], v_buf[:, :, :end], mask)
             x = x + block.mlp(block.norm2(x))
         cache.length, cache.steps = end, cache.steps + num_steps
-        return self.read_out(x, num_steps)
+        return self.read_out(x, z)
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:
