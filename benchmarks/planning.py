@@ -14,6 +14,9 @@ For each horizon it times, in one process:
 the KV cache runs that context once per call, the naive rollout at every horizon step.
 and reports planner overhead = plan / predictor - 1, speed-up = naive / plan, and achieved
 GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a measured fp32 matmul peak.
+Ratios and GFLOP/s use process CPU time (x threads), which counts the work done even when other
+jobs starve the process; wall times are shown too (cpu/wall well below the thread count means
+the process was starved while measuring). --threads 1 avoids a spinning 2-thread pool on a busy box.
 Without --model (and no shipped checkpoints/reach-default) the model is the default posttrain
 architecture with random weights: speed does not depend on the weights.
 Timings on a shared machine swing; compare ratios within one run (cpu/wall ~ threads means the
@@ -67,21 +70,24 @@ def planner_config(name: str, overrides: dict) -> dict:
 
 
 def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, float]:
-    """(median wall seconds per call, cpu/wall ratio), after one warm-up call unless warmup=False."""
+    """(median wall seconds, median process-CPU seconds) per call, after one warm-up call unless warmup=False.
+
+    CPU seconds measure the work done even when other jobs starve the process of cores."""
     if warmup:
         fn()
-    walls, cpu0, wall0 = [], time.process_time(), time.perf_counter()
+    walls, cpus = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         fn()
-        walls.append(time.perf_counter() - start)
-    return statistics.median(walls), (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(size, size), torch.randn(size, size)
-    seconds, _ = timed(lambda: a @ b, repeats)
-    return 2 * size**3 / seconds / 1e9
+    _, cpu = timed(lambda: a @ b, repeats)
+    return 2 * size**3 / cpu / 1e9 * torch.get_num_threads()  # per CPU-second x threads = wall rate unstarved
 
 
 def count_flops(fn) -> int:
@@ -127,9 +133,9 @@ def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: 
         planner.plan(cost_fn, num_envs, horizon, low, high, generator=torch.Generator().manual_seed(0))
 
     # The predictor-only pass warms up the model's kernels and allocations for everything after it.
-    predictor_s, _ = timed(predictor_only, repeats)
-    plan_s, cpu_ratio = timed(lambda: plan(wm), repeats, warmup=False)
-    naive_s, _ = timed(lambda: plan(NaiveRollout(wm)), max(1, repeats // 2), warmup=False)
+    predictor_wall, predictor_cpu = timed(predictor_only, repeats)
+    plan_wall, plan_cpu = timed(lambda: plan(wm), repeats, warmup=False)
+    _, naive_cpu = timed(lambda: plan(NaiveRollout(wm)), max(1, repeats // 2), warmup=False)
     with torch.no_grad():  # FLOPs of one rollout call; a planning call makes `iterations` of them
         flops = iterations * count_flops(lambda: wm.rollout(z_ctx, s_ctx, actions, context_actions=a_ctx))
 
@@ -137,12 +143,15 @@ def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: 
     agent.reset(np.stack([goal] * num_envs))
     for _ in range(context - 1):  # fill the agent's history so every timed call uses the full context
         agent.act_batch([observation] * num_envs)
-    act_s, _ = timed(lambda: agent.act_batch([observation] * num_envs), repeats, warmup=False)
+    act_wall, act_cpu = timed(lambda: agent.act_batch([observation] * num_envs), repeats, warmup=False)
+    threads = torch.get_num_threads()
+    gflops = flops / (plan_cpu / threads) / 1e9  # the rate an unstarved process would reach
     return {
-        "H": horizon, "E": num_envs, "T0": context, "predictor ms": predictor_s * 1e3, "plan ms": plan_s * 1e3,
-        "overhead": plan_s / predictor_s - 1, "naive ms": naive_s * 1e3, "speed-up": naive_s / plan_s,
-        "act ms/env": act_s * 1e3 / num_envs, "GFLOP/s": flops / plan_s / 1e9, "% peak": 100 * flops / plan_s / 1e9 / peak,
-        "cpu/wall": cpu_ratio,
+        "H": horizon, "E": num_envs, "T0": context,
+        "predictor cpu-ms": predictor_cpu * 1e3, "plan cpu-ms": plan_cpu * 1e3, "overhead": plan_cpu / predictor_cpu - 1,
+        "naive cpu-ms": naive_cpu * 1e3, "speed-up": naive_cpu / plan_cpu, "act cpu-ms/env": act_cpu * 1e3 / num_envs,
+        "plan wall ms": plan_wall * 1e3, "act wall ms/env": act_wall * 1e3 / num_envs,
+        "GFLOP/s": gflops, "% peak": 100 * gflops / peak, "cpu/wall": plan_cpu / plan_wall,
     }
 
 
@@ -172,7 +181,7 @@ def main() -> None:
     tokens = wm.predictor.config.frame_tokens
     print(f"model: {model_name}; {sum(p.numel() for p in wm.predictor.parameters()) / 1e6:.2f}M predictor params, "
           f"{tokens} tokens/frame; planner {args.planner} {cfg['samples']} samples x {cfg['iterations']} iterations; "
-          f"{torch.get_num_threads()} threads; fp32 matmul peak {peak:.0f} GFLOP/s")
+          f"{torch.get_num_threads()} threads; fp32 matmul peak {peak:.0f} GFLOP/s (2048^2, from CPU time)")
     for i, (e, t0, h) in enumerate((e, t0, h) for e in args.envs for t0 in args.contexts for h in args.horizons):
         row = bench(wm, args.planner, cfg, h, e, t0, args.repeats, observation, goal, low, high, peak)
         if i == 0:
