@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from planners.objectives import ObjectiveConfig, build_cost_fn
+from planners.objectives import ObjectiveConfig, build_cost_fn, uses_states
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def compute_landscape(world_model, frames: Tensor, actions: Tensor, states: Tens
     device = next(world_model.parameters()).device
     frames, actions = frames.to(device), actions.to(device).float()
     z = world_model.encode(frames[[0, -1]])  # (2, N, D): observation, goal
-    state0 = None if states is None or not getattr(world_model.predictor.config, "state_dim", 0) else states[:1].to(device).float()
+    state0 = states[:1].to(device).float() if states is not None and uses_states(world_model) else None
     cost_fn = build_cost_fn(world_model, z[:1], state0, z[1:], objective or ObjectiveConfig())
 
     offsets = torch.linspace(-radius, radius, points, device=device)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from planners.base import Planner, PlanResult
-from planners.objectives import ObjectiveConfig, build_cost_fn
+from planners.objectives import ObjectiveConfig, build_cost_fn, uses_states
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,7 @@ class MPCAgent:
         self.context_frames = context_frames
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
-        predictor_config = getattr(getattr(world_model, "predictor", None), "config", None)
-        self.uses_states = getattr(predictor_config, "state_dim", 1) > 0
+        self.uses_states = uses_states(world_model)
         self.action_low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=self.device)
         self.action_high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=self.device)
         self.generators: list[torch.Generator] = []

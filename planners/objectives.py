@@ -51,6 +51,12 @@ class ObjectiveConfig:
             raise ValueError(f"objective proprio_weight must be >= 0, got {self.proprio_weight}")
 
 
+def uses_states(world_model) -> bool:
+    """Whether the world model's predictor takes proprio states (models without a predictor config: yes)."""
+    predictor_config = getattr(getattr(world_model, "predictor", None), "config", None)
+    return getattr(predictor_config, "state_dim", 1) > 0
+
+
 def normalize_latents(z: Tensor, layer_norm: bool = True) -> Tensor:
     return F.layer_norm(z, (z.shape[-1],)) if layer_norm else z
 

@@ -210,6 +210,23 @@ def test_proprio_term_pulls_toward_goal_state():
     torch.testing.assert_close(costs, torch.tensor([0.09, 0.045]))
 
 
+def test_energy_landscape_minimum_at_the_recorded_action(tmp_path):
+    from jepa_world.energy_landscape import compute_landscape, plot_landscape
+
+    start, action = np.array([-0.2, 0.1]), np.array([0.15, -0.05])
+    frames = torch.as_tensor(np.stack([render_point(start), render_point(start + action)])).permute(0, 3, 1, 2)
+    landscape = compute_landscape(PointWorldModel(), frames, torch.as_tensor(action[None], dtype=torch.float32),
+                                  torch.as_tensor(np.stack([start, start + action]), dtype=torch.float32),
+                                  radius=0.1, points=21, objective=OBJECTIVE)
+    assert landscape.energies.shape == (21, 21)
+    assert landscape.argmin_error < 0.015  # within one grid cell (0.01 spacing) of the recorded action
+    assert landscape.true_energy <= np.median(landscape.energies)
+    path = plot_landscape(landscape, tmp_path / "landscape.png")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match=r"dims must be two different action dims in \[0, 2\), got \(0, 0\)"):
+        compute_landscape(PointWorldModel(), frames, torch.zeros(1, 2), None, dims=(0, 0))
+
+
 def test_bad_observations_and_settings_raise_clear_errors():
     agent = make_agent()
     with pytest.raises(RuntimeError, match=r"call reset\(goal_image\)"):
