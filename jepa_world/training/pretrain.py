@@ -16,14 +16,12 @@ states are restored. So N steps straight equals N/2 + resume + N/2.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import logging
 import math
 import random
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -471,7 +469,7 @@ def _save(output_dir: Path, cfg: Mapping[str, Any], jepa: JEPA, target_encoder: 
         ckpt.remove_stale_temp_dirs(checkpoints)
         # The resolved ViTConfig travels with the weights so that consumers (post-training,
         # scripts/convert_checkpoint.py) rebuild the encoder without knowing Hydra's layout.
-        saved_cfg = {**cfg, "encoder": dataclasses.asdict(encoder_config(cfg))}
+        saved_cfg = {**cfg, "encoder": asdict(encoder_config(cfg))}
         ckpt.save_checkpoint(checkpoints / "last", tensors, saved_cfg, state)
         if run.keep_every and step % run.keep_every == 0:
             ckpt.copy_checkpoint(checkpoints / "last", checkpoints / f"step_{step:06d}")
