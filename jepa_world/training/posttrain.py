@@ -14,6 +14,7 @@ checkpoint is written.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -298,7 +299,8 @@ def input_statistics(cache: FeatureCache, episodes: list[int]) -> tuple[Tensor, 
 
 
 def _checkpoint_config(world_model: WorldModel, cfg: PosttrainConfig, cache: FeatureCache) -> dict[str, Any]:
-    return {**world_model.config_dict(), "run": {**asdict(cfg), "feature_cache_key": cache.key}}
+    config = {**world_model.config_dict(), "run": {**asdict(cfg), "feature_cache_key": cache.key}}
+    return json.loads(json.dumps(config))  # the JSON form (lists, not tuples) compares equal to a saved one
 
 
 def _build_world_model(cfg: PosttrainConfig, seed: int) -> tuple[WorldModel, int, int]:
