@@ -175,7 +175,7 @@ def test_script_under_torchrun_two_processes(reach_data, tmp_path):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/posttrain.py",
            f"data={reach_data}", "encoder=random:micro", "max_steps=4", f"output_dir={out}", "batch_size=4",
-           "num_frames=4", "predictor.size=micro", "random_encoder.depth=1", "log_every=2", "save_every=4",
+           "num_frames=4", "predictor.size=micro", "+random_encoder.depth=1", "log_every=2", "save_every=4",
            "eval_every=4", "eval_horizons=[1,2]", "val_fraction=0.25", "device=cpu",
            f"feature_cache_root={tmp_path / 'features'}"]
     result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
