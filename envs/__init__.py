@@ -12,10 +12,18 @@ See docs/envs.md for state/action layouts, thresholds and measured expert succes
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
 import gymnasium as gym
+
+# torch loads triton (with its own LLVM) lazily, e.g. on the first torch.optim step. If a MuJoCo
+# EGL/OSMesa context has already loaded Mesa's LLVM by then, the process segfaults (reproduced:
+# envs.make(...).reset() then torch.optim.AdamW(...) -> SIGSEGV). Loading triton first avoids the
+# clash for every user of these envs, including planners imported into a robot control loop.
+if importlib.util.find_spec("triton") is not None:
+    import triton  # noqa: F401
 
 
 @dataclass(frozen=True)
