@@ -155,6 +155,42 @@ def rollout_episodes(
     return CaptionedEpisodes(torch.from_numpy(frames), states_t, to_table(states_t[..., EE_STATE_SLICE]), env_name)
 
 
+def region_tour(
+    env_name: str, regions: list[int], steps_per_goal: int = 14, image_size: int = 64, seed: int = 0
+) -> CaptionedEpisodes:
+    """One scripted episode that visits ``regions`` (indices into captions.REGIONS) in order.
+
+    Each goal is the env goal (searched over seeds from ``seed``) whose table uv lies closest to
+    the region's centre; the expert moves there and rests until the next goal. The arm first
+    settles at the first goal (unrecorded), so every recorded frame belongs to the tour.
+    """
+    import torch._dynamo  # noqa: F401  (see rollout_episodes)
+
+    import envs
+
+    env = envs.make(env_name, image_size=image_size, max_episode_steps=(len(regions) + 1) * steps_per_goal + 1)
+    obs, _ = env.reset(seed=seed)
+    base = env.unwrapped
+    to_table = TablePositions.from_env(env)
+    candidates = [base.set_goal(seed=seed + i) for i in range(2048)]
+    goal_uv = to_table(np.stack([np.asarray(g["ee"], np.float64) for g in candidates]))  # (G, 2)
+    centres = torch.tensor([[(r % 3 + 0.5) / 3, (r // 3 + 0.5) / 3] for r in regions])  # (R, 2)
+    chosen = torch.cdist(centres, goal_uv).argmin(dim=1).tolist()
+    base.set_goal(state=candidates[chosen[0]])
+    for _ in range(steps_per_goal):
+        obs, *_ = env.step(base.expert_action())
+    frames, states = [], []
+    for goal_index in chosen:
+        base.set_goal(state=candidates[goal_index])
+        for _ in range(steps_per_goal):
+            frames.append(obs["pixels"])
+            states.append(obs["state"])
+            obs, *_ = env.step(base.expert_action())
+    env.close()
+    states_t = torch.from_numpy(np.stack(states))[None]  # (1, T, S)
+    return CaptionedEpisodes(torch.from_numpy(np.stack(frames))[None], states_t, to_table(states_t[..., EE_STATE_SLICE]), env_name)
+
+
 @torch.no_grad()
 def encode_episodes(world_model, frames: Tensor, batch_size: int = 64) -> Tensor:
     """(E, T, H, W, 3) uint8 -> (E, T, N, D) frozen world-model latents, encoded once in batches."""

@@ -38,7 +38,7 @@ from jepa_world.training.checkpoint import (
     read_train_state,
     save_checkpoint,
 )
-from jepa_world.training.distributed import all_reduce_mean, finish_distributed, init_distributed, unwrap, wrap_ddp
+from jepa_world.training.distributed import all_reduce_mean, barrier, init_distributed, unwrap, wrap_ddp
 from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients
 from jepa_world.training.run import MetricsWriter, NonFiniteGuard, capture_rng_state, restore_rng_state, seed_everything, setup_logging
 
@@ -164,7 +164,10 @@ def load_language_head(directory: str | Path) -> tuple[LanguageHead, HeadMeta]:
 
 
 def train_language(cfg: DictConfig) -> dict[str, float]:
-    """Train (or resume) a language head; returns the final held-out retrieval metrics (rank 0)."""
+    """Train (or resume) a language head; returns the final retrieval metrics on rank 0 ({} elsewhere).
+
+    Under torchrun the caller ends the process group (``finish_distributed``), as the scripts do.
+    """
     _validate(cfg)
     info = init_distributed(cfg.device)
     out = Path(cfg.output_dir)
@@ -244,6 +247,7 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
             save(step + 1)
     save(cfg.train.steps)
     metrics_writer.close()
+    barrier(info)  # no rank leaves while rank 0 may still be writing the last checkpoint
 
     results: dict[str, float] = {}
     if info.is_main:
@@ -260,5 +264,4 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
         for key, value in sorted(results.items()):
             if "R@" in key and "chance" not in key:
                 log.info("%s = %.3f", key, value)
-    finish_distributed(info)
     return results
