@@ -16,7 +16,7 @@ param = torch.nn.Parameter(torch.zeros(3))
 optimizer = torch.optim.AdamW([param], lr=0.1)
 param.sum().backward()
 optimizer.step()
-print("stepped", float(param[0]))
+print("stepped", round(float(param[0].detach()), 3))
 """
 
 
