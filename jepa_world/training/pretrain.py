@@ -380,8 +380,10 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     ema = EMA(jepa.encoder, target_encoder, ema_schedule)
     target_forward = target_encoder
     if run.compile:
-        train_module = torch.compile(train_module)
-        target_forward = torch.compile(target_encoder)
+        # Context/target token counts change from batch to batch: compile for dynamic shapes
+        # once instead of recompiling at every new mask size.
+        train_module = torch.compile(train_module, dynamic=True)
+        target_forward = torch.compile(target_encoder, dynamic=True)
 
     collator = MaskCollator(generators, seed=run.seed * 1009 + info.rank, patch_size=enc_cfg.patch_size, tubelet_size=enc_cfg.tubelet_size)
     stream = BatchStream(dataset, collator, info, run.batch_size, run.seed, num_workers)
