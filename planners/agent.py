@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from planners.base import Planner, PlanResult
+from planners.base import CostFn, Planner, PlanResult
 from planners.objectives import ObjectiveConfig, build_cost_fn, uses_states
 
 log = logging.getLogger(__name__)
@@ -212,10 +212,15 @@ class MPCAgent:
         states = None if self._states[-1] is None else torch.stack(self._states, dim=1)
         return latents, states, torch.stack(actions, dim=1) if actions else None
 
+    def build_cost(self, z0: Tensor, state0: Tensor | None, context_actions: Tensor | None) -> CostFn:
+        """The cost the planner minimises this call; goal kinds other than images (language goals,
+        jepa_world.language.objective) override this."""
+        return build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state,
+                             context_actions)
+
     def replan(self, start: float) -> PlanResult:
         z0, state0, context_actions = self.context()
-        cost_fn = build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state,
-                                context_actions)
+        cost_fn = self.build_cost(z0, state0, context_actions)
         budget = None
         if self.time_budget_s is not None:  # encoding counts against the budget too
             budget = max(self.time_budget_s - (time.perf_counter() - start), 1e-3)

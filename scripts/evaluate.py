@@ -24,6 +24,12 @@ log = logging.getLogger("evaluate")
 
 
 def evaluate(cfg: dict) -> dict:
+    if cfg.get("goal_kind", "image") == "text":  # held-out language goals vs image goals (docs/language.md)
+        from jepa_world.language.objective import evaluate_language_goals
+
+        return evaluate_language_goals(cfg)
+    if cfg.get("goal_kind", "image") != "image":
+        raise ValueError(f"goal_kind must be image or text, got {cfg['goal_kind']!r}")
     ev.set_threads(cfg.get("threads"))
     seeds = ev.episode_seeds(int(cfg["seed"]), int(cfg["episodes"]))
     if int(cfg["max_steps"]) < 1:

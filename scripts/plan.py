@@ -3,6 +3,7 @@
     python scripts/plan.py env=reach goal=img.png [model=DIR planner=mppi planner.samples=256 horizon=3 ...]
     python scripts/plan.py env=reach goal=seed:7
     python scripts/plan.py env=reach goal=goal.json   # a goal state saved by scripts/make_goal.py
+    python scripts/plan.py env=reach goal="text:move the arm to the upper left" language_head=DIR
 
 An image-only goal has no simulator state, so success and distance are reported as null.
 
@@ -25,6 +26,10 @@ log = logging.getLogger("plan")
 
 
 def plan_episode(cfg: dict) -> dict:
+    if str(cfg["goal"]).startswith("text:"):  # a language goal (docs/language.md)
+        from jepa_world.language.objective import plan_language_episode
+
+        return plan_language_episode(cfg)
     ev.set_threads(cfg.get("threads"))
     if int(cfg["max_steps"]) < 1:
         raise ValueError(f"max_steps (the episode's step budget) must be >= 1, got {cfg['max_steps']}")

