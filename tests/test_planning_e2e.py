@@ -1,10 +1,10 @@
-"""End to end: collect reach data, post-train a tiny world model, plan with the MPC agent.
+"""End to end: collect reach data and post-train a tiny world model with the real scripts, then plan
+with the MPC agent.
 
 The planned episodes must end significantly closer to their goals than random actions do
 from the same starts. Torch runs single-threaded here: on a shared 2-core machine a 2-thread
 pool spends most of its time spinning (measured 10x more wall time per training step).
 """
-import math
 import os
 import subprocess
 import sys
@@ -13,11 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 import envs
 from jepa_world import evaluation as ev
-from jepa_world.training.posttrain import PosttrainConfig, run_posttrain
 from planners import make_planner
 from planners.agent import MPCAgent
 
@@ -34,16 +32,11 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def posttrain_tiny(data: Path, out: Path) -> Path:
-    cfg = OmegaConf.load(ROOT / "conf" / "posttrain.yaml")
-    cfg.pop("hydra")
-    overrides = [f"data={data}", "encoder=random:micro", f"output_dir={out}", "max_steps=400", "batch_size=32",
-                 "num_frames=3", "predictor.size=micro", "optim.lr=2e-3", "optim.start_lr=1e-4", "optim.warmup_steps=20",
-                 "log_every=100", "eval_every=400", "save_every=400", "eval_windows=64"]
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(overrides))
-    result = run_posttrain(PosttrainConfig.from_dict(OmegaConf.to_container(cfg, resolve=True)))
-    assert result.steps == 400 and math.isfinite(result.final_loss)
-    return out / "checkpoints" / "last"
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=400,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
 
 
 def random_final_distances(rng_seed: int) -> list[float]:
@@ -62,12 +55,13 @@ def random_final_distances(rng_seed: int) -> list[float]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_trained_world_model_plans_closer_than_random(tmp_path, single_thread):
-    data = tmp_path / "data"
-    proc = subprocess.run([sys.executable, "scripts/collect.py", "env=reach", "episodes=60", f"output_dir={data}",
-                           "workers=2", "episode_length=20", "expert_ratio=0.5", "seed=0"],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    model_dir = posttrain_tiny(data, tmp_path / "posttrain")
+    data, out = tmp_path / "data", tmp_path / "posttrain"
+    run_script("scripts/collect.py", "env=reach", "episodes=60", f"output_dir={data}", "workers=2", "episode_length=20",
+               "expert_ratio=0.5", "seed=0")
+    run_script("scripts/posttrain.py", f"data={data}", "encoder=random:micro", f"output_dir={out}", "max_steps=400",
+               "batch_size=32", "num_frames=3", "predictor.size=micro", "optim.lr=2e-3", "optim.start_lr=1e-4",
+               "optim.warmup_steps=20", "log_every=100", "eval_every=400", "save_every=400", "eval_windows=64")
+    model_dir = out / "checkpoints" / "last"
 
     wm = ev.load_world_model(str(model_dir), "reach")
     env_list = [envs.make("reach") for _ in SEEDS]
@@ -85,8 +79,6 @@ def test_trained_world_model_plans_closer_than_random(tmp_path, single_thread):
     assert planned.mean() < 0.75 * initial.mean()
 
     landscape_png = tmp_path / "landscape.png"
-    proc = subprocess.run([sys.executable, "scripts/energy_landscape.py", "--model", str(model_dir), "--data", str(data),
-                           "--points", "7", "--out", str(landscape_png)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script("scripts/energy_landscape.py", "--model", str(model_dir), "--data", str(data), "--points", "7",
+                      "--out", str(landscape_png))
     assert "grid argmin" in proc.stdout and landscape_png.stat().st_size > 1000
