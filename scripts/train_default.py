@@ -1,0 +1,107 @@
+"""Reproduce the shipped default world model: collect -> pretrain -> post-train -> evaluate.
+
+    python scripts/train_default.py env=reach output_dir=outputs/reach-default ship=true
+
+Every stage is the project's own command line, run as a subprocess with the overrides from
+conf/train_default.yaml; its exact command, wall time and headline metrics go to
+output_dir/recipe.json. A stage whose output is complete is skipped on a rerun, so an
+interrupted recipe continues where it stopped. With ship=true the final world model
+(model.safetensors + config.json, no optimizer state) is copied to ship_dir.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("train_default")
+
+
+def run_stage(name: str, command: list[str], done_marker: Path, env: dict[str, str], record: dict) -> None:
+    """Run one stage unless done_marker exists; record its command and wall time."""
+    record[name] = {"command": " ".join(command)}
+    if done_marker.exists():
+        log.info("stage %s: already complete (%s), skipping", name, done_marker)
+        record[name]["skipped"] = True
+        return
+    log.info("stage %s: %s", name, " ".join(command))
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=ROOT, env=env)
+    record[name]["wall_s"] = round(time.perf_counter() - start, 1)
+    if result.returncode != 0:
+        raise SystemExit(f"stage {name} failed with exit code {result.returncode}: {' '.join(command)}")
+    if not done_marker.exists():
+        raise SystemExit(f"stage {name} exited 0 but did not write {done_marker}")
+    log.info("stage %s: done in %.1fs", name, record[name]["wall_s"])
+
+
+def last_metrics(path: Path) -> dict:
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def ship(world_model_dir: Path, ship_dir: Path, provenance: dict) -> None:
+    """Copy weights + config (not the optimizer state) atomically into ship_dir."""
+    staging = ship_dir.with_name(ship_dir.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name in ("model.safetensors", "config.json"):
+        shutil.copy2(world_model_dir / name, staging / name)
+    (staging / "recipe.json").write_text(json.dumps(provenance, indent=2) + "\n")
+    if ship_dir.exists():
+        shutil.rmtree(ship_dir)
+    os.replace(staging, ship_dir)
+    log.info("shipped %s -> %s", world_model_dir, ship_dir)
+
+
+@hydra.main(config_path="../conf", config_name="train_default", version_base=None)
+def main(cfg: DictConfig) -> None:
+    out = Path(cfg.output_dir).resolve()
+    env_name = str(cfg.env.name)
+    data_dir, pretrain_dir, posttrain_dir, eval_dir = (out / s for s in ("data", "pretrain", "posttrain", "evaluate"))
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
+           "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
+    py = sys.executable
+    record: dict = {"env": env_name, "output_dir": str(out)}
+    start = time.perf_counter()
+
+    c = cfg.collect
+    run_stage("collect", [py, "scripts/collect.py", f"env={env_name}", f"episodes={c.episodes}", f"seed={c.seed}",
+                          f"expert_ratio={c.expert_ratio}", f"workers={c.workers}", f"output_dir={data_dir}"],
+              data_dir / "meta" / "info.json", env, record)
+    run_stage("pretrain", [py, "scripts/pretrain.py", "data=trajectory", f"data.root={data_dir}",
+                           *map(str, cfg.pretrain), f"output_dir={pretrain_dir}"],
+              pretrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+    run_stage("posttrain", [py, "scripts/posttrain.py", f"data={data_dir}",
+                            f"encoder={pretrain_dir / 'checkpoints' / 'last'}", *map(str, cfg.posttrain),
+                            f"output_dir={posttrain_dir}"],
+              posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+    run_stage("evaluate", [py, "scripts/evaluate.py", f"env={env_name}",
+                           f"model={posttrain_dir / 'checkpoints' / 'last'}", *map(str, cfg.evaluate),
+                           f"output_dir={eval_dir}"],
+              eval_dir / "eval_info.json", env, record)
+
+    record["pretrain"]["final"] = last_metrics(pretrain_dir / "metrics.jsonl")
+    record["posttrain"]["final"] = last_metrics(posttrain_dir / "metrics.jsonl")
+    aggregated = json.loads((eval_dir / "eval_info.json").read_text()).get("aggregated", {})
+    record["evaluate"]["aggregated"] = aggregated
+    record["total_wall_s"] = round(time.perf_counter() - start, 1)
+    record["config"] = OmegaConf.to_container(cfg, resolve=True)
+    (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+    log.info("recipe finished in %.1fs: %s", record["total_wall_s"], aggregated)
+    if cfg.ship:
+        ship(posttrain_dir / "checkpoints" / "last", ROOT / str(cfg.ship_dir), record)
+    print(f"{env_name} recipe: pc_success {aggregated.get('pc_success')} in {record['total_wall_s']:.0f}s -> {out / 'recipe.json'}")
+
+
+if __name__ == "__main__":
+    main()
