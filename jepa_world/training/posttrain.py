@@ -79,6 +79,7 @@ class PosttrainConfig:
     max_steps: int = 2000
     seed: int = 0
     device: str = "auto"
+    threads: int | None = None  # torch intra-op threads per process (1 is fastest on a busy shared CPU)
     resume: bool = True
     camera: str | None = None
     feature_cache: str | None = None  # explicit cache dir (must match the encoder); None: automatic
@@ -323,6 +324,8 @@ def _build_world_model(cfg: PosttrainConfig, seed: int) -> tuple[WorldModel, int
 def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     """Train (resuming from ``output_dir/checkpoints/last`` when present). Under torchrun the caller
     ends the process group with ``finish_distributed`` after using the result."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.device)
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
