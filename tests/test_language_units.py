@@ -276,3 +276,24 @@ def test_segmentation_rejects_bad_arguments():
         segment_stream(torch.randn(5, 4), num_segments=9)
     with pytest.raises(ValueError, match="non-empty"):
         segment_stream(torch.zeros(0, 4), threshold=1.0)
+
+
+def test_latent_standardisation_uses_training_statistics():
+    head = _head(num_tokens=16)
+    static = torch.randn(16, 24) * 5  # a large per-token background shared by every frame
+    frames = static + 0.05 * torch.randn(200, 16, 24)
+    head.fit_latent_stats(frames)
+    torch.testing.assert_close(head.latent_mean, frames.mean(0))
+    shifted = head(static[None] + 0.05, (4, 4))
+    plain = _head(num_tokens=0)(static[None] + 0.05, (4, 4))
+    # the same small change moves the standardised head more than the raw one, relative to the static frame
+    moved = (shifted - head(static[None], (4, 4))).norm()
+    raw_moved = (plain - _head(num_tokens=0)(static[None], (4, 4))).norm()
+    assert moved > 5 * raw_moved
+    assert "latent_mean" in head.state_dict() and "latent_std" in head.state_dict()
+    with pytest.raises(ValueError, match=r"latents must be \(M, 16, 24\)"):
+        head.fit_latent_stats(torch.zeros(5, 9, 24))
+    with pytest.raises(ValueError, match="standardises 16 tokens per frame, got 9"):
+        head(torch.zeros(1, 9, 24), (3, 3))
+    with pytest.raises(ValueError, match="keeps no latent statistics"):
+        _head().fit_latent_stats(frames)

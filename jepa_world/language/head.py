@@ -33,10 +33,15 @@ class LanguageHeadConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     num_query_tokens: int = 1  # tokens made from one query embedding; 0: the head takes no query
+    # > 0: latents are standardised per (token, dim) with statistics fitted on the training frames
+    # (fit_latent_stats); the frame count and grid must then give this many tokens per frame.
+    num_tokens: int = 0
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
 
     def __post_init__(self) -> None:
+        if self.num_tokens < 0:
+            raise ValueError(f"LanguageHeadConfig.num_tokens must be >= 0, got {self.num_tokens}")
         if self.num_query_tokens < 0:
             raise ValueError(f"LanguageHeadConfig.num_query_tokens must be >= 0, got {self.num_query_tokens}")
         for name in ("latent_dim", "embed_dim", "width", "depth", "num_heads"):
@@ -86,6 +91,9 @@ class LanguageHead(nn.Module):
         self.norm = nn.LayerNorm(c.width, eps=LAYER_NORM_EPS)
         self.proj = nn.Linear(c.width, c.embed_dim)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / c.init_temperature)))
+        if c.num_tokens:
+            self.register_buffer("latent_mean", torch.zeros(c.num_tokens, c.latent_dim))
+            self.register_buffer("latent_std", torch.ones(c.num_tokens, c.latent_dim))
         self.apply(init_transformer_weights)
         # Latents are layer-normed (unit variance per dim): a 1/sqrt(D) input projection puts the
         # tokens on the same scale as the unit sin-cos positions. With the 0.02 default, positions
@@ -95,6 +103,21 @@ class LanguageHead(nn.Module):
             nn.init.trunc_normal_(self.query_type, std=0.02)
         rescale_block_residuals(self.blocks)
         self._positions: dict[tuple[int, int, int], Tensor] = {}
+
+    @torch.no_grad()
+    def fit_latent_stats(self, latents: Tensor, min_std: float = 1e-3) -> None:
+        """Per-(token, dim) mean and std of (M, N, D) training-frame latents.
+
+        A frozen encoder's tokens are dominated by the static scene (on reach at 64 px only ~2-7 %
+        of their variance changes from frame to frame); standardising against the dataset makes the
+        arm's share of the signal visible to the head from the first step.
+        """
+        if not self.config.num_tokens:
+            raise ValueError("this head was built with num_tokens=0 and keeps no latent statistics")
+        if latents.dim() != 3 or latents.shape[1:] != self.latent_mean.shape:
+            raise ValueError(f"latents must be (M, {self.config.num_tokens}, {self.config.latent_dim}), got {tuple(latents.shape)}")
+        self.latent_mean.copy_(latents.mean(0))
+        self.latent_std.copy_(latents.std(0).clamp_min(min_std))
 
     def positions(self, t: int, h: int, w: int, device: torch.device) -> Tensor:
         key = (t, h, w)
@@ -123,6 +146,10 @@ class LanguageHead(nn.Module):
         h, w = grid_hw
         if h * w != n_tokens:
             raise ValueError(f"grid_hw {grid_hw} has {h * w} tokens but the latents have {n_tokens} per frame")
+        if c.num_tokens:
+            if n_tokens != c.num_tokens:
+                raise ValueError(f"this head standardises {c.num_tokens} tokens per frame, got {n_tokens}")
+            latents = (latents - self.latent_mean) / self.latent_std
         x = self.latent_embed(latents.flatten(1, 2)) + self.positions(frames, h, w, latents.device)  # (B, T*N, W)
         if query is not None:
             if not c.num_query_tokens:

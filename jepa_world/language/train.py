@@ -187,10 +187,15 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
 
     size = dict(LANGUAGE_HEAD_SIZES[cfg.head.size])
     size.update({k: v for k, v in OmegaConf.to_container(cfg.head).items() if k != "size" and v is not None})
+    standardize = size.pop("standardize_latents", True)
     head_config = LanguageHeadConfig(
-        latent_dim=bank.latents.shape[-1], embed_dim=text.dim, num_query_tokens=size.pop("num_query_tokens", 1) if cfg.use_query else 0, **size
+        latent_dim=bank.latents.shape[-1], embed_dim=text.dim, num_query_tokens=size.pop("num_query_tokens", 1) if cfg.use_query else 0,
+        num_tokens=bank.latents.shape[2] if standardize else 0, **size,
     )
-    head = LanguageHead(head_config).to(info.device)
+    head = LanguageHead(head_config)
+    if standardize:
+        head.fit_latent_stats(bank.latents.flatten(0, 1))  # training frames only; identical on every rank
+    head = head.to(info.device)
     optim_cfg = OptimConfig(**OmegaConf.to_container(cfg.optim))
     optimizer = build_optimizer(head, optim_cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
