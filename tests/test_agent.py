@@ -15,6 +15,15 @@ from jepa_world.world_model import WorldModel, WorldModelConfig
 SIZE = 16
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models: a 2-thread torch pool mostly spins on the shared 2-core box."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def render_point(xy: np.ndarray) -> np.ndarray:
     """A Gaussian blob at xy in [-1, 1]^2 on a (SIZE, SIZE, 3) uint8 image."""
     coords = (np.arange(SIZE) + 0.5) / SIZE * 2 - 1
