@@ -123,6 +123,25 @@ def test_posttrain_loss_decreases(reach_data, tmp_path):
     assert losses[-1] < 0.5 * losses[0], losses
 
 
+def test_non_finite_loss_stops_before_a_checkpoint(reach_data, tmp_path, monkeypatch):
+    from jepa_world.training import posttrain
+    from jepa_world.training.checkpoint import read_train_state
+    from jepa_world.training.run import NonFiniteLossError
+
+    forward = posttrain.PosttrainObjective.forward
+    calls = {"n": 0}
+
+    def poisoned(self, z, actions, states):
+        calls["n"] += 1
+        teacher, rollout = forward(self, z, actions, states)
+        return (teacher * float("nan"), rollout) if calls["n"] == 3 else (teacher, rollout)
+
+    monkeypatch.setattr(posttrain.PosttrainObjective, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="step 2"):
+        run_posttrain(small_config(reach_data, tmp_path / "run", save_every=2, log_every=1))
+    assert read_train_state(tmp_path / "run" / "checkpoints" / "last")["step"] == 2  # the NaN step never saved
+
+
 def test_pretrain_checkpoint_encoder_uses_target_encoder_weights(tmp_path):
     online, target = build_encoder("micro", img_size=32, patch_size=8, depth=1), build_encoder("micro", img_size=32, patch_size=8, depth=1)
     tensors = module_tensors({"encoder": online, "target_encoder": target})
