@@ -1,0 +1,62 @@
+"""The shipped-model recipe end to end, at toy sizes: every stage's real CLI runs and chains.
+
+This checks plumbing (stage outputs feed the next stage, recipe.json records commands and
+metrics, finished stages are skipped on a rerun, shipping writes weights + config only); the
+full-size recipe's quality is measured by tests/test_shipped_model.py.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def hydra_list(key: str, overrides: list[str]) -> str:
+    return f"{key}=[" + ",".join(f"'{o}'" for o in overrides) + "]"
+
+
+TOY = [
+    "collect.episodes=6",
+    hydra_list("pretrain", ["model=micro", "max_steps=4", "batch_size=4", "data.frame_step=2", "log_every=2",
+                            "checkpoint_every=4"]),
+    hydra_list("posttrain", ["max_steps=6", "predictor.size=micro", "predictor.predict_residual=true",
+                             "state_tokens=false", "world_model.latent_pool=2", "num_frames=4", "batch_size=4",
+                             "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6"]),
+    hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
+                            "planner.elites=2", "planner.iterations=2", "max_videos=1"]),
+]
+
+
+def run_recipe(out: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
+    return subprocess.run([sys.executable, "scripts/train_default.py", "env=reach", f"output_dir={out}", "threads=1",
+                           *TOY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_recipe_chains_all_stages_and_ships(tmp_path):
+    out, ship_dir = tmp_path / "recipe", tmp_path / "shipped"
+    result = run_recipe(out, "ship=true", f"ship_dir={ship_dir}")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    record = json.loads((out / "recipe.json").read_text())
+    for stage in ("collect", "pretrain", "posttrain", "evaluate"):
+        assert record[stage]["wall_s"] > 0, stage
+        assert "scripts/" in record[stage]["command"]
+    assert record["pretrain"]["final"]["step"] == 4
+    assert record["posttrain"]["final"]["step"] == 6
+    assert record["evaluate"]["aggregated"]["n_episodes"] == 2
+
+    assert sorted(p.name for p in ship_dir.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
+    from jepa_world.world_model import WorldModel
+    model = WorldModel.from_pretrained(ship_dir)
+    assert model.predictor.config.frame_tokens == 16  # 8x8 encoder grid pooled 2x2
+
+    # A rerun into the same output_dir skips every finished stage instead of redoing it.
+    rerun = run_recipe(out)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    record = json.loads((out / "recipe.json").read_text())
+    assert all(record[s].get("skipped") for s in ("collect", "pretrain", "posttrain", "evaluate"))
