@@ -1,0 +1,65 @@
+"""The world model shipped in checkpoints/reach-default (reproduced by scripts/train_default.py)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from jepa_world.world_model import WorldModel
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "checkpoints" / "reach-default"
+GOALS = ROOT / "examples" / "goals"
+MAX_SHIPPED_MB = 40
+
+
+def script_env() -> dict[str, str]:
+    return {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
+
+
+def test_shipped_model_loads_and_fits_the_size_budget():
+    size_mb = sum(p.stat().st_size for p in SHIPPED.iterdir()) / 2**20
+    assert size_mb <= MAX_SHIPPED_MB, f"{SHIPPED} is {size_mb:.1f} MB"
+    recipe = json.loads((SHIPPED / "recipe.json").read_text())
+    assert recipe["env"] == "reach" and "scripts/posttrain.py" in recipe["posttrain"]["command"]
+
+    model = WorldModel.from_pretrained(SHIPPED).eval()
+    goals = torch.from_numpy(np.stack([np.asarray(Image.open(GOALS / f"reach_seed{s}.png").convert("RGB")) for s in (3, 7)]))
+    z = model.encode(goals)  # (2, N, D)
+    assert torch.isfinite(z).all()
+    # Two different goal poses must be distinguishable in the latent the planner compares.
+    assert model.energy(z[:1], z[1:]).item() > 10 * model.energy(z[:1], z[:1]).item() + 1e-6
+
+
+def test_readme_plan_command_runs_on_the_shipped_model(tmp_path):
+    out = tmp_path / "plan"
+    result = subprocess.run([sys.executable, "scripts/plan.py", "env=reach", f"goal={GOALS / 'reach_seed3.png'}",
+                             "max_steps=4", f"output_dir={out}"], cwd=ROOT, env=script_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "result.json").read_text())
+    assert report["steps"] == 4 and len(report["plan_ms"]) == 4
+    assert report["success"] is None  # an image-only goal: success is unknown, not guessed
+    assert (out / "energy.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_shipped_model_reaches_goals_zero_shot(tmp_path):
+    out = tmp_path / "eval"
+    result = subprocess.run([sys.executable, "scripts/evaluate.py", "env=reach", "episodes=10", "seed=1000",
+                             "num_envs=10", "max_videos=0", f"output_dir={out}"], cwd=ROOT, env=script_env(),
+                            capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((out / "eval_info.json").read_text())
+    episodes = info["per_episode"]
+    assert [e["seed"] for e in episodes] == list(range(1000, 1010))
+    assert all(e["success"] is not None and np.isfinite(e["final_distance"]) for e in episodes)
+    pc_success = info["aggregated"]["pc_success"]
+    if pc_success < 80:
+        # Issue #6's bar; the evaluation itself must still run cleanly (asserted above).
+        pytest.xfail(f"issue #6 open: shipped reach model at {pc_success:.0f}% < 80% (docs/default_model.md)")
