@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig, KVCache, layer_norm_tokens
+from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig, layer_norm_tokens
 from jepa_world.models.vit import ViTConfig, VisionTransformer
 from jepa_world.training.checkpoint import CheckpointError, load_modules, module_tensors, read_config, save_checkpoint
 

@@ -15,6 +15,8 @@ iteration so the budget measures real work).
 """
 from __future__ import annotations
 
+import abc
+
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -89,7 +91,7 @@ def check_costs(costs: Tensor, num_envs: int, samples: int) -> None:
         raise ValueError(f"cost_fn must return shape (E, S) = ({num_envs}, {samples}), got {tuple(costs.shape)}")
 
 
-class Planner:
+class Planner(abc.ABC):
     """Base class: argument handling, bounds, time budget and best-so-far bookkeeping."""
 
     name = "planner"
@@ -99,9 +101,10 @@ class Planner:
         self.config = config
 
     # -- subclass hooks ---------------------------------------------------------------
+    @abc.abstractmethod
     def _run(self, cost_fn: CostFn, mean: Tensor, std: Tensor, bounds: ActionBounds,
              generator: Generators, deadline: float | None) -> PlanResult:
-        raise NotImplementedError
+        """Search from the initial (E, H, A) mean/std; stop early when past ``deadline``."""
 
     # -- public API ---------------------------------------------------------------------
     def plan(
@@ -184,6 +187,47 @@ class Planner:
         better = iter_cost < best_cost
         best_actions = torch.where(better[:, None, None], iter_best, best_actions)
         return best_actions, torch.where(better, iter_cost, best_cost), iter_cost
+
+
+class SamplingPlanner(Planner):
+    """Sample around a Gaussian (candidate 0 is its mean), score, refit; CEM and MPPI differ only in `refit`."""
+
+    @abc.abstractmethod
+    def refit(self, mean: Tensor, std: Tensor, candidates: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
+        """New (E, H, A) mean and std from this iteration's candidates (E, S, H, A) and costs (E, S)."""
+
+    def _run(self, cost_fn: CostFn, mean: Tensor, std: Tensor, bounds: ActionBounds,
+             generators: list[torch.Generator], deadline: float | None) -> PlanResult:
+        cfg = self.config
+        num_envs = mean.shape[0]
+        best_actions, best_cost = mean.clone(), torch.full((num_envs,), float("inf"), device=mean.device)
+        iter_costs, mean_costs = [], []
+        iterations = 0
+        with torch.no_grad():
+            for _ in range(cfg.iterations):
+                iter_start = time.perf_counter()
+                # Phase 1: sample candidates around the current distribution (candidate 0 = mean).
+                candidates = sample_candidates(mean, std, cfg.samples, bounds, generators)  # (E, S, H, A)
+                # Phase 2: score all E*S candidates in one batched world-model call.
+                costs = cost_fn(candidates)  # (E, S)
+                check_costs(costs, num_envs, cfg.samples)
+                # Phase 3: keep the best plan so far on the device (no host sync).
+                best_actions, best_cost, iter_cost = self.update_best(best_actions, best_cost, candidates, costs)
+                iter_costs.append(iter_cost)
+                mean_costs.append(costs[:, 0])
+                # Phase 4: move the sampling distribution toward the low-cost candidates.
+                mean, std = self.refit(mean, std, candidates, costs)
+                iterations += 1
+                if self.out_of_time(deadline, iter_start, mean.device):
+                    break
+        return PlanResult(best_actions, best_cost, torch.stack(iter_costs, 1), torch.stack(mean_costs, 1),
+                          mean, std, iterations, 0.0)
+
+    def elites(self, candidates: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
+        """The K lowest-cost candidates (E, K, H, A), sorted, with their costs (E, K)."""
+        elite_cost, elite_idx = costs.topk(self.config.elites, dim=1, largest=False)
+        elites = candidates.gather(1, elite_idx[:, :, None, None].expand(-1, -1, *candidates.shape[2:]))
+        return elites, elite_cost
 
 
 def standard_noise(shape: tuple[int, ...], generators: list[torch.Generator], device: torch.device) -> Tensor:

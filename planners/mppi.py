@@ -9,13 +9,12 @@ temperature work across objectives of different scale.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from planners.base import ActionBounds, CostFn, Planner, PlanResult, check_costs, sample_candidates
+from planners.base import SamplingPlanner
 
 
 @dataclass
@@ -45,41 +44,20 @@ class MPPIConfig:
             raise ValueError(f"init_std must be > 0 and min_std >= 0, got init_std={self.init_std} min_std={self.min_std}")
 
 
-class MPPIPlanner(Planner):
+class MPPIPlanner(SamplingPlanner):
     name = "mppi"
 
     def __init__(self, config: MPPIConfig | None = None):
         super().__init__(config or MPPIConfig())
 
-    def _run(self, cost_fn: CostFn, mean: Tensor, std: Tensor, bounds: ActionBounds,
-             generators: list[torch.Generator], deadline: float | None) -> PlanResult:
+    def refit(self, mean: Tensor, std: Tensor, candidates: Tensor, costs: Tensor) -> tuple[Tensor, Tensor]:
         cfg = self.config
-        E = mean.shape[0]
-        best_actions, best_cost = mean.clone(), torch.full((E,), float("inf"), device=mean.device)
-        iter_costs, mean_costs = [], []
-        iterations = 0
-        with torch.no_grad():
-            for _ in range(cfg.iterations):
-                iter_start = time.perf_counter()
-                candidates = sample_candidates(mean, std, cfg.samples, bounds, generators)  # (E, S, H, A)
-                costs = cost_fn(candidates)  # (E, S)
-                check_costs(costs, E, cfg.samples)
-                best_actions, best_cost, iter_cost = self.update_best(best_actions, best_cost, candidates, costs)
-                iter_costs.append(iter_cost)
-                mean_costs.append(costs[:, 0])
-
-                elite_cost, elite_idx = costs.topk(cfg.elites, dim=1, largest=False)  # (E, K)
-                elites = candidates.gather(1, elite_idx[:, :, None, None].expand(-1, -1, *candidates.shape[2:]))
-                shifted = elite_cost - elite_cost[:, :1]  # topk is sorted, so column 0 is the min
-                if cfg.normalize_costs:
-                    shifted = shifted / (shifted[:, -1:] + 1e-8)
-                weights = torch.softmax(-shifted / cfg.temperature, dim=1)[:, :, None, None]  # (E, K, 1, 1)
-                new_mean = (weights * elites).sum(dim=1)
-                new_std = ((weights * (elites - new_mean[:, None]) ** 2).sum(dim=1)).sqrt()
-                mean = cfg.momentum_mean * mean + (1 - cfg.momentum_mean) * new_mean
-                std = new_std.clamp_min(cfg.min_std)
-                iterations += 1
-                if self.out_of_time(deadline, iter_start, mean.device):
-                    break
-        return PlanResult(best_actions, best_cost, torch.stack(iter_costs, 1), torch.stack(mean_costs, 1),
-                          mean, std, iterations, 0.0)
+        elites, elite_cost = self.elites(candidates, costs)  # (E, K, H, A), (E, K)
+        shifted = elite_cost - elite_cost[:, :1]  # topk is sorted, so column 0 is the min
+        if cfg.normalize_costs:
+            shifted = shifted / (shifted[:, -1:] + 1e-8)
+        weights = torch.softmax(-shifted / cfg.temperature, dim=1)[:, :, None, None]  # (E, K, 1, 1)
+        new_mean = (weights * elites).sum(dim=1)
+        new_std = ((weights * (elites - new_mean[:, None]) ** 2).sum(dim=1)).sqrt()
+        mean = cfg.momentum_mean * mean + (1 - cfg.momentum_mean) * new_mean
+        return mean, new_std.clamp_min(cfg.min_std)

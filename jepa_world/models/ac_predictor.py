@@ -25,7 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from jepa_world.models.layers import LAYER_NORM_EPS, Block, init_transformer_weights, rescale_block_residuals
+from jepa_world.models.layers import (
+    LAYER_NORM_EPS,
+    Block,
+    init_transformer_weights,
+    rescale_block_residuals,
+)
+from jepa_world.models.official import strip_wrapper_prefixes
 from jepa_world.models.rope import ROPE_LAYOUTS, RopeTables, grid_positions, rope_tables
 
 log = logging.getLogger(__name__)
@@ -271,16 +277,7 @@ class ACPredictor(nn.Module):
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:
     """Remove wrapper prefixes (``module.``, ``predictor.``, ``backbone.``) from every key."""
-    out = {}
-    for key, value in state_dict.items():
-        stripped = True
-        while stripped:
-            stripped = False
-            for prefix in prefixes:
-                if key.startswith(prefix):
-                    key, stripped = key[len(prefix) :], True
-        out[key] = value
-    return out
+    return strip_wrapper_prefixes(state_dict, prefixes)
 
 
 def load_official_state_dict(model: ACPredictor, state_dict: Mapping[str, Tensor], source: str = "state dict") -> None:

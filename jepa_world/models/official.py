@@ -52,14 +52,16 @@ class CheckpointMismatchError(ValueError):
 # --------------------------------------------------------------------------- key layouts
 
 
-def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Remove leading ``module.`` / ``backbone.`` / ``_orig_mod.`` / ``vjepa2.`` (in any combination)."""
+def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor],
+                           prefixes: tuple[str, ...] = WRAPPER_PREFIXES) -> dict[str, Tensor]:
+    """Remove leading wrapper prefixes (default ``module.`` / ``backbone.`` / ``_orig_mod.`` / ``vjepa2.``),
+    in any combination."""
     out = {}
     for key, value in state_dict.items():
         stripped = True
         while stripped:
             stripped = False
-            for prefix in WRAPPER_PREFIXES:
+            for prefix in prefixes:
                 if key.startswith(prefix):
                     key, stripped = key[len(prefix):], True
         out[key] = value

@@ -46,7 +46,6 @@ from jepa_world.training.distributed import (
     all_reduce_mean,
     barrier,
     init_distributed,
-    unwrap,
     wrap_ddp,
 )
 from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients

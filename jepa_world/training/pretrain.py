@@ -42,7 +42,6 @@ from jepa_world.training.distributed import (
     apply_fsdp2,
     barrier,
     init_distributed,
-    unwrap,
     wrap_ddp,
 )
 from jepa_world.training.ema import EMA, MomentumSchedule, make_target
