@@ -30,7 +30,7 @@ def ridge_probe_r2(features: Tensor, targets: Tensor, n_train: int, n_val: int) 
     """
     x = features.flatten(1).double()
     y = targets.flatten(1).double()
-    if not 0 < n_train and n_train + n_val < len(x):
+    if n_train <= 0 or n_val <= 0 or n_train + n_val >= len(x):
         raise ValueError(f"n_train={n_train}, n_val={n_val} leave no test rows out of {len(x)}")
     train, val, test = slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, len(x))
     mean, std = x[train].mean(0), x[train].std(0) + 1e-6

@@ -26,6 +26,7 @@ import pytest
 import torch
 
 from jepa_world.data.synthetic import MovingShapesDataset
+from jepa_world.probe import effective_rank, ridge_probe_r2
 from jepa_world.models.vit import ViTConfig, VisionTransformer
 from jepa_world.training import checkpoint as ckpt
 from jepa_world.training.run import read_metrics
@@ -33,37 +34,6 @@ from jepa_world.training.run import read_metrics
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT_SEED = 4242  # the default run trains on seed 0
 NUM_PROBE_CLIPS = 600
-
-
-def effective_rank(features: torch.Tensor) -> float:
-    """exp(entropy of the normalised singular values) of centred (N, D) features (Roy & Vetterli)."""
-    centred = features.double() - features.double().mean(0)
-    singular = torch.linalg.svdvals(centred)
-    p = singular / singular.sum()
-    return math.exp(-(p * p.clamp_min(1e-12).log()).sum().item())
-
-
-def ridge_probe_r2(features: torch.Tensor, targets: torch.Tensor, n_train: int, n_val: int) -> float:
-    """Closed-form ridge on standardised features; lambda picked on a validation split; test R^2."""
-    x = features.flatten(1).double()
-    y = targets.flatten(1).double()
-    train, val, test = slice(0, n_train), slice(n_train, n_train + n_val), slice(n_train + n_val, len(x))
-    mean, std = x[train].mean(0), x[train].std(0) + 1e-6
-    x = (x - mean) / std
-    y_mean = y[train].mean(0)
-    gram = x[train] @ x[train].T  # dual form: features may outnumber samples
-
-    def r2(pred: torch.Tensor, split: slice) -> float:
-        return 1.0 - ((y[split] - pred) ** 2).sum().item() / ((y[split] - y_mean) ** 2).sum().item()
-
-    best_val, best_test = -math.inf, -math.inf
-    for lam in (1.0, 10.0, 100.0, 1e3, 1e4, 1e5):
-        alpha = torch.linalg.solve(gram + lam * torch.eye(n_train, dtype=x.dtype), y[train] - y_mean)
-        weights = x[train].T @ alpha
-        val_r2 = r2(x[val] @ weights + y_mean, val)
-        if val_r2 > best_val:
-            best_val, best_test = val_r2, r2(x[test] @ weights + y_mean, test)
-    return best_test
 
 
 @torch.no_grad()
