@@ -1,7 +1,6 @@
 """Language goals in the planner: the cost, CEM on it, plan.py/evaluate.py text goals, and errors."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -11,7 +10,6 @@ from hydra import compose, initialize_config_dir
 from jepa_world.language import captions as C
 from jepa_world.language.objective import (
     GoalRegions,
-    LanguageGoalAgent,
     build_language_cost_fn,
     evaluate_language_goals,
     plan_language_episode,

@@ -1,5 +1,4 @@
 """Fast checks of captions, camera projection, the head, InfoNCE, retrieval and segmentation."""
-import itertools
 
 import mujoco
 import numpy as np
