@@ -22,7 +22,6 @@ TOY = [
     "collect.episodes=6",
     hydra_list("pretrain", ["model=micro", "max_steps=4", "batch_size=4", "data.frame_step=2", "log_every=2",
                             "checkpoint_every=4"]),
-    hydra_list("posttrain", ["max_steps=6", "predictor.size=micro", "predictor.predict_residual=true",
                              "state_tokens=false", "world_model.latent_pool=2", "num_frames=4", "batch_size=4",
                              "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6"]),
     hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
