@@ -13,6 +13,7 @@ Subclasses implement the task: `_sample_goal`, `_validate_goal_state`, `_render_
 
 from __future__ import annotations
 
+import abc
 import copy
 import logging
 import math
@@ -33,7 +34,7 @@ def check_image_size(image_size: int) -> int:
     return int(image_size)
 
 
-class GoalImageEnv(gym.Env):
+class GoalImageEnv(gym.Env, abc.ABC):
     """Base for goal-image envs: owns the MuJoCo model, one reusable renderer, and the goal."""
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
@@ -208,32 +209,41 @@ class GoalImageEnv(gym.Env):
         }
 
     # ------------------------------------------------------------------ task hooks
+    @abc.abstractmethod
     def _sample_goal(self, rng: np.random.Generator) -> dict[str, Any]:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _validate_goal_state(self, state: dict[str, Any]) -> dict[str, Any]:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _render_goal(self, goal: dict[str, Any]) -> np.ndarray:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _goal_proprio(self, goal: dict[str, Any]) -> np.ndarray:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _sample_initial_state(self, rng: np.random.Generator) -> None:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _apply_action(self, action: np.ndarray) -> None:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _state(self) -> np.ndarray:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def _distance(self, goal: dict[str, Any]) -> float:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
+    @abc.abstractmethod
     def expert_action(self) -> np.ndarray:
-        raise NotImplementedError
+        """Task hook; every concrete env implements it."""
 
 
 def _check_seed(seed: Any) -> int:

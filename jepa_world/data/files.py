@@ -14,6 +14,8 @@ next readable file in sorted order instead, ``(index + 1) % len``, ``(index + 2)
 """
 from __future__ import annotations
 
+import abc
+
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,7 +51,7 @@ def sample_seed() -> int:
     return int(torch.randint(0, 2**62, ()).item())
 
 
-class FileFolderDataset(Dataset):
+class FileFolderDataset(Dataset, abc.ABC):
     """Base class: ``load(path, rng)`` reads one file; ``__getitem__`` handles bad files."""
 
     what = "data"
@@ -63,8 +65,9 @@ class FileFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
+    @abc.abstractmethod
     def load(self, path: Path, rng: np.random.Generator) -> Any:
-        raise NotImplementedError
+        """Read one file into a sample; raise on unreadable content."""
 
     def __getitem__(self, index: int) -> Any:
         if not -len(self.files) <= index < len(self.files):

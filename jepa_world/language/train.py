@@ -78,7 +78,7 @@ def build_frozen_world_model(cfg: DictConfig):
     else:
         log.warning("no world_model or encoder.checkpoint given: using a RANDOM-INIT encoder (baseline)")
     config = WorldModelConfig(latent_pool=enc_cfg.latent_pool)
-    # Only encode() is used; the predictor is a minimal placeholder that WorldModel requires.
+    # Only encode() is used here; WorldModel needs some predictor, so a 1-block one is built and never called.
     return WorldModel.create(encoder, action_dim=3, config=config, depth=1, num_heads=3, dim=48).eval()
 
 
