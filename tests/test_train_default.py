@@ -14,6 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
+
 def hydra_list(key: str, overrides: list[str]) -> str:
     return f"{key}=[" + ",".join(f"'{o}'" for o in overrides) + "]"
 
@@ -22,6 +23,7 @@ TOY = [
     "collect.episodes=6",
     hydra_list("pretrain", ["model=micro", "max_steps=4", "batch_size=4", "data.frame_step=2", "log_every=2",
                             "checkpoint_every=4"]),
+    hydra_list("posttrain", ["max_steps=6", "predictor.size=micro",
                              "state_tokens=false", "world_model.latent_pool=2", "num_frames=4", "batch_size=4",
                              "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6"]),
     hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
