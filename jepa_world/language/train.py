@@ -25,22 +25,48 @@ from torch import Tensor
 from tqdm import tqdm
 
 from jepa_world.language import captions as C
-from jepa_world.language.data import encode_episodes, gather_latents, rollout_episodes, sample_index
-from jepa_world.language.head import LANGUAGE_HEAD_SIZES, LanguageHead, LanguageHeadConfig, info_nce
+from jepa_world.language.data import (
+    encode_episodes,
+    gather_latents,
+    rollout_episodes,
+    sample_index,
+)
+from jepa_world.language.head import (
+    LANGUAGE_HEAD_SIZES,
+    LanguageHead,
+    LanguageHeadConfig,
+    info_nce,
+)
 from jepa_world.language.retrieval import retrieval_metrics
 from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
 from jepa_world.training.checkpoint import (
     CONFIG_FILE,
-    check_config_matches,
     load_modules,
     module_tensors,
     read_config,
-    read_train_state,
+    resume_from,
     save_checkpoint,
 )
-from jepa_world.training.distributed import all_reduce_mean, barrier, init_distributed, unwrap, wrap_ddp
-from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients
-from jepa_world.training.run import MetricsWriter, NonFiniteGuard, capture_rng_state, restore_rng_state, seed_everything, setup_logging
+from jepa_world.training.distributed import (
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+    unwrap,
+    wrap_ddp,
+)
+from jepa_world.training.optim import (
+    OptimConfig,
+    apply_schedule,
+    build_optimizer,
+    clip_gradients,
+)
+from jepa_world.training.run import (
+    MetricsWriter,
+    NonFiniteGuard,
+    capture_rng_state,
+    seed_everything,
+    setup_logging,
+)
 
 log = logging.getLogger(__name__)
 
@@ -203,13 +229,7 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
     last = out / "checkpoints" / "last"
     start = 0
     if cfg.train.resume and last.is_dir():
-        check_config_matches(read_config(last), resolved, RESUME_KEYS, last)
-        load_modules(last, {"head": head})
-        state = read_train_state(last)
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
-        start = int(state["step"])
-        log.info("resumed from %s at step %d", last, start)
+        start = resume_from(last, {"head": head}, optimizer, resolved, RESUME_KEYS)
     model = wrap_ddp(head, info)
     metrics_writer = MetricsWriter(out / "metrics.jsonl", info.is_main, resume_step=start if start else None)
     guard = NonFiniteGuard(info.device)

@@ -253,3 +253,22 @@ def check_config_matches(
                 f"config mismatch with checkpoint {source}: '{key}' was {old!r} there but is {new!r} now; "
                 "resume with the original settings or start a new output_dir"
             )
+
+
+def resume_from(
+    last: str | os.PathLike, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
+    current_config: Mapping[str, Any], must_match: Sequence[str],
+) -> int:
+    """Restore modules, optimizer and RNG from a checkpoint dir; returns its step.
+
+    Refuses (CheckpointError) when any dotted key in ``must_match`` differs from the saved config.
+    """
+    from jepa_world.training.run import restore_rng_state  # run imports nothing from here; avoids a cycle
+
+    check_config_matches(read_config(last), current_config, must_match, last)
+    load_modules(last, modules)
+    state = read_train_state(last)
+    optimizer.load_state_dict(state["optimizer"])
+    restore_rng_state(state["rng"])
+    log.info("resumed from %s at step %d", last, int(state["step"]))
+    return int(state["step"])

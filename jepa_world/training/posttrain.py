@@ -26,20 +26,23 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from jepa_world.data.feature_cache import FeatureCache, WindowSampler, load_or_build_feature_cache
+from jepa_world.data.feature_cache import (
+    FeatureCache,
+    WindowSampler,
+    load_or_build_feature_cache,
+)
 from jepa_world.data.lerobot import DatasetFormatError, read_meta
 from jepa_world.data.trajectory import split_episodes
 from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
-from jepa_world.models.vit import VIT_SIZES, ViTConfig, VisionTransformer, build_encoder
+from jepa_world.models.vit import VIT_SIZES, VisionTransformer, ViTConfig, build_encoder
 from jepa_world.training.checkpoint import (
     CheckpointError,
-    check_config_matches,
     load_modules,
     module_tensors,
     read_config,
     read_tensors,
-    read_train_state,
     remove_stale_temp_dirs,
+    resume_from,
     save_checkpoint,
 )
 from jepa_world.training.distributed import (
@@ -48,12 +51,16 @@ from jepa_world.training.distributed import (
     init_distributed,
     wrap_ddp,
 )
-from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients
+from jepa_world.training.optim import (
+    OptimConfig,
+    apply_schedule,
+    build_optimizer,
+    clip_gradients,
+)
 from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
     capture_rng_state,
-    restore_rng_state,
     seed_everything,
     setup_logging,
 )
@@ -367,13 +374,7 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         remove_stale_temp_dirs(last.parent)
     barrier(info)
     if cfg.resume and last.is_dir():
-        check_config_matches(read_config(last), config_json, RESUME_KEYS, last)
-        load_modules(last, {"predictor": predictor})
-        state = read_train_state(last)
-        optimizer.load_state_dict(state["optimizer"])
-        restore_rng_state(state["rng"])
-        start_step = int(state["step"])
-        log.info("resumed from %s at step %d", last, start_step)
+        start_step = resume_from(last, {"predictor": predictor}, optimizer, config_json, RESUME_KEYS)
     model = wrap_ddp(objective, info)
     metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=info.is_main, resume_step=start_step if start_step else None)
     guard = NonFiniteGuard(info.device)
