@@ -9,7 +9,7 @@ goal latent. A good world model puts the minimum of this surface near the record
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +61,9 @@ def compute_landscape(world_model, frames: Tensor, actions: Tensor, states: Tens
     frames, actions = frames.to(device), actions.to(device).float()
     z = world_model.encode(frames[[0, -1]])  # (2, N, D): observation, goal
     state0 = states[:1].to(device).float() if states is not None and uses_states(world_model) else None
-    cost_fn = build_cost_fn(world_model, z[:1], state0, z[1:], objective or ObjectiveConfig())
+    # The latent energy alone: the landscape shows what the world model's predictions make of the actions.
+    objective = replace(objective or ObjectiveConfig(), readout_weight=0.0)
+    cost_fn = build_cost_fn(world_model, z[:1], state0, z[1:], objective)
 
     offsets = torch.linspace(-radius, radius, points, device=device)
     a0, a1 = actions[0, dims[0]] + offsets, actions[0, dims[1]] + offsets

@@ -6,6 +6,7 @@ The verbs planners and users call::
     z = wm.encode(frames)                          # (B,3,H,W) or (B,H,W,3) -> (B, N, D)
     z_next = wm.predict(z_hist, actions, states)   # teacher-forced, step t predicts t+1
     z_future = wm.rollout(z0, state0, actions)     # (S, H, N, D), KV-cached
+    ee_goal = wm.decode_state(goal_frames)         # (B, K) state dims, if post-trained with a readout
     wm.save_pretrained(dir)
 
 Latent space. ``encode`` feeds each frame as a ``tubelet_size``-frame clip of the repeated
@@ -28,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig, layer_norm_tokens
+from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer
 from jepa_world.training.checkpoint import CheckpointError, load_modules, module_tensors, read_config, save_checkpoint
 
@@ -45,7 +47,7 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
-CONFIG_SECTIONS: tuple[str, ...] = ("encoder", "predictor", "world_model")
+CONFIG_SECTIONS: tuple[str, ...] = ("encoder", "predictor", "world_model")  # plus "state_readout" when present
 
 
 @dataclass
@@ -94,14 +96,25 @@ def _dataclass_from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
 
 
 class WorldModel(nn.Module):
-    def __init__(self, encoder: VisionTransformer, predictor: ACPredictor, config: WorldModelConfig | None = None):
+    def __init__(self, encoder: VisionTransformer, predictor: ACPredictor, config: WorldModelConfig | None = None,
+                 state_readout: StateReadout | None = None):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
+        self.state_readout = state_readout
         self.config = config or WorldModelConfig()
         c, pc = self.config, predictor.config
         if pc.encoder_dim != encoder.embed_dim:
             raise ValueError(f"predictor encoder_dim={pc.encoder_dim} but the encoder's embed_dim is {encoder.embed_dim}")
+        if state_readout is not None:
+            rc = state_readout.config
+            grid = encoder.cfg.img_size // encoder.cfg.patch_size
+            if (rc.frame_tokens, rc.dim) != ((grid // rc.latent_pool) ** 2, encoder.embed_dim):
+                raise ValueError(f"state readout reads ({rc.frame_tokens}, {rc.dim}) latents but the encoder's "
+                                 f"{grid}x{grid} grid pooled by {rc.latent_pool} gives "
+                                 f"({(grid // rc.latent_pool) ** 2}, {encoder.embed_dim})")
+            if len(rc.state_dims) > pc.action_dim:
+                raise ValueError(f"state readout dims {rc.state_dims} need one action dim each; action_dim={pc.action_dim}")
         if c.integrated_state_dims and c.state_update == "integrate":
             if len(c.integrated_state_dims) > pc.action_dim:
                 raise ValueError(
@@ -130,6 +143,7 @@ class WorldModel(nn.Module):
         state_dim: int = 0,
         config: WorldModelConfig | None = None,
         img_size: int | None = None,
+        state_readout: dict[str, Any] | None = None,
         **predictor_fields: Any,
     ) -> WorldModel:
         """Build a fresh predictor sized for ``encoder`` at ``img_size`` (default: the encoder's)."""
@@ -150,7 +164,11 @@ class WorldModel(nn.Module):
             rope_grid_hw=(grid, grid),
             **predictor_fields,
         )
-        return cls(encoder, ACPredictor(predictor_config), config)
+        readout = None
+        if state_readout:  # StateReadoutConfig fields other than the latent shape
+            readout_grid = grid // state_readout.get("latent_pool", 1)
+            readout = StateReadout(StateReadoutConfig(frame_tokens=readout_grid**2, dim=encoder.embed_dim, **state_readout))
+        return cls(encoder, ACPredictor(predictor_config), config, readout)
 
     # ------------------------------------------------------------------ encode
     def train(self, mode: bool = True) -> WorldModel:
@@ -175,9 +193,10 @@ class WorldModel(nn.Module):
             raise ValueError(f"frames must have 3 channels at dim 1 (or last dim for uint8), got {tuple(frames.shape)}")
         return x
 
-    def pool_and_normalize(self, tokens: Tensor, grid_hw: tuple[int, int]) -> Tensor:
-        """(B, h*w, D) encoder tokens -> (B, N, D) predictor-space latents."""
-        p = self.config.latent_pool
+    def pool_and_normalize(self, tokens: Tensor, grid_hw: tuple[int, int], pool: int | None = None) -> Tensor:
+        """(B, h*w, D) encoder tokens -> (B, N, D) predictor-space latents (pooled by ``pool``, default
+        the world model's ``latent_pool``)."""
+        p = self.config.latent_pool if pool is None else pool
         if p > 1:
             h, w = grid_hw
             if h % p or w % p:
@@ -187,11 +206,14 @@ class WorldModel(nn.Module):
         return layer_norm_tokens(tokens) if self.config.normalize_latents else tokens
 
     @torch.no_grad()
-    def encode(self, frames: Tensor) -> Tensor:
-        """Frames -> latents (B, N, D); the encoder is frozen, so no graph is kept."""
+    def encode(self, frames: Tensor, pool: int | None = None) -> Tensor:
+        """Frames -> latents (B, N, D); the encoder is frozen, so no graph is kept. ``pool`` overrides
+        the world model's ``latent_pool`` (the state readout reads a finer grid)."""
         x = self.normalize_pixels(frames.to(self.pixel_mean.device))
         _, h, w = self.encoder.grid_shape(x.shape)
-        z = self.pool_and_normalize(self.encoder(x), (h, w))
+        z = self.pool_and_normalize(self.encoder(x), (h, w), pool)
+        if pool is not None:
+            return z
         expected = self.predictor.config.frame_tokens
         if z.shape[1] != expected:
             raise ValueError(
@@ -350,16 +372,36 @@ class WorldModel(nn.Module):
     # ------------------------------------------------------------------ persistence
     def config_dict(self) -> dict[str, Any]:
         """The JSON description from_pretrained needs: encoder, predictor and world-model configs."""
-        return {
+        config = {
             "encoder": self.encoder.cfg.to_dict(),
             "predictor": asdict(self.predictor.config),
             "world_model": asdict(self.config),
         }
+        if self.state_readout is not None:
+            config["state_readout"] = asdict(self.state_readout.config)
+        return config
+
+    def trained_modules(self) -> dict[str, nn.Module]:
+        """``{prefix: module}`` of everything saved: encoder, predictor and the state readout if any."""
+        modules = {"encoder": self.encoder, "predictor": self.predictor}
+        if self.state_readout is not None:
+            modules["state_readout"] = self.state_readout
+        return modules
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Atomically write ``model.safetensors`` (encoder.*, predictor.*) and ``config.json``."""
-        tensors = module_tensors({"encoder": self.encoder, "predictor": self.predictor})
-        return save_checkpoint(directory, tensors, self.config_dict())
+        """Atomically write ``model.safetensors`` (encoder.*, predictor.*, state_readout.*) and ``config.json``."""
+        return save_checkpoint(directory, module_tensors(self.trained_modules()), self.config_dict())
+
+    def readout_view(self) -> ReadoutView:
+        """This world model as the feature cache sees it, encoding at the readout's pooling."""
+        if self.state_readout is None:
+            raise ValueError("this world model has no state readout; post-train with state_readout.state_dims=[...]")
+        return ReadoutView(self)
+
+    @torch.no_grad()
+    def decode_state(self, frames: Tensor) -> Tensor:
+        """Frames (B,3,H,W) or (B,H,W,3) -> (B, K) the state dims the readout was trained on, in env units."""
+        return self.state_readout(self.readout_view().encode(frames))
 
     @classmethod
     def from_config_dict(cls, config: dict[str, Any], source: str = "config") -> WorldModel:
@@ -373,9 +415,13 @@ class WorldModel(nn.Module):
             encoder = VisionTransformer(_dataclass_from_dict(ViTConfig, config["encoder"], f"{source} [encoder]"))
             predictor = ACPredictor(_dataclass_from_dict(ACPredictorConfig, config["predictor"], f"{source} [predictor]"))
             wm_config = _dataclass_from_dict(WorldModelConfig, config["world_model"], f"{source} [world_model]")
+            readout = None
+            if config.get("state_readout") is not None:
+                readout_config = _dataclass_from_dict(StateReadoutConfig, config["state_readout"], f"{source} [state_readout]")
+                readout = StateReadout(readout_config)
+            return cls(encoder, predictor, wm_config, readout)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: invalid world-model config: {err}") from err
-        return cls(encoder, predictor, wm_config)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> WorldModel:
@@ -383,9 +429,22 @@ class WorldModel(nn.Module):
         directory = Path(directory)
         config = read_config(directory)
         model = cls.from_config_dict(config, str(directory / "config.json"))
-        load_modules(directory, {"encoder": model.encoder, "predictor": model.predictor})
+        load_modules(directory, model.trained_modules())
         log.info("loaded world model from %s", directory)
         return model.to(map_location).eval()
+
+
+class ReadoutView:
+    """Duck-typed stand-in for a WorldModel in ``load_or_build_feature_cache``: same encoder, latents
+    pooled by the state readout's ``latent_pool`` (so its cache is keyed apart from the planner's)."""
+
+    def __init__(self, world_model: WorldModel):
+        self.world_model = world_model
+        self.encoder = world_model.encoder
+        self.config = replace(world_model.config, latent_pool=world_model.state_readout.config.latent_pool)
+
+    def encode(self, frames: Tensor) -> Tensor:
+        return self.world_model.encode(frames, pool=self.config.latent_pool)
 
 
 def _rows(x: Tensor | None, part: slice) -> Tensor | None:

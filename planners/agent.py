@@ -84,19 +84,20 @@ class MPCAgent:
         self.world_model = world_model
         self.planner = planner
         self.horizon, self.replan_every, self.time_budget_s = horizon, replan_every, time_budget_s
-        self.objective = objective or ObjectiveConfig()
+        self.objective = (objective or ObjectiveConfig()).resolve(world_model)
         self.objective.validate()
         self.warm_start = warm_start
         self.seed = seed
         self.context_frames = context_frames
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
-        self.uses_states = uses_states(world_model)
+        self.uses_states = uses_states(world_model) or self.objective.needs_proprio
         self.action_low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=self.device)
         self.action_high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=self.device)
         self.generators: list[torch.Generator] = []
         self._goal_z: Tensor | None = None
         self._goal_state: Tensor | None = None
+        self._goal_readout: Tensor | None = None
         self.last_plan: Tensor | None = None  # (E, H, A)
         self.last_result: PlanResult | None = None
         self._steps_since_plan = 0
@@ -132,6 +133,10 @@ class MPCAgent:
         pixels = check_pixels(goal_image, "goal image")
         with torch.no_grad():
             self._goal_z = self.encode(pixels)
+        self._goal_readout = None
+        if self.objective.readout_weight > 0:
+            frames = torch.as_tensor(pixels, device=self.device).permute(0, 3, 1, 2)
+            self._goal_readout = self.world_model.decode_state(frames)  # (E, K), once per goal
         self._goal_state = None if goal_state is None else torch.as_tensor(
             np.asarray(goal_state, dtype=np.float32), device=self.device).reshape(pixels.shape[0], -1)
         self.last_plan, self.last_result = None, None
@@ -216,7 +221,7 @@ class MPCAgent:
         """The cost the planner minimises this call; goal kinds other than images (language goals,
         jepa_world.language.objective) override this."""
         return build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state,
-                             context_actions)
+                             context_actions, self._goal_readout)
 
     def replan(self, start: float) -> PlanResult:
         z0, state0, context_actions = self.context()

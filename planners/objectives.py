@@ -13,6 +13,14 @@ predicts for it and the goal image's latent, both layer-normed over the feature 
   state and the goal's (observed, not simulator-truth) proprio state. The state is
   advanced with the world model's own rule (``WorldModel.next_states``), which is linear
   in the actions, so the final state is one call on the summed actions.
+* ``readout_weight`` adds the Euclidean distance between where the plan leaves the end
+  effector (observed proprio plus the summed displacement actions) and where the world
+  model's state readout decodes it in the goal *image* (``WorldModel.decode_state``), so it
+  needs no goal state. Unlike a latent distance to a thin arm's goal pose, which is flat
+  once arm and goal pose stop overlapping, it slopes toward the goal from everywhere.
+  ``None`` (the default) means ``DEFAULT_READOUT_WEIGHT`` for world models that have a
+  readout and 0 for those that do not (``ObjectiveConfig.resolve``).
+* ``latent_weight`` scales the latent distance; 0 skips the world-model rollout entirely.
 
 The context (current latent and state) is repeated for S candidates once per planning
 call (not at all for one env: the world model broadcasts a batch-1 context) and the goal
@@ -20,7 +28,7 @@ latent is normalised once, so each iteration is one ``world_model.rollout`` call
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +37,7 @@ from torch import Tensor
 from planners.base import CostFn
 
 METRICS = ("l1", "l2", "cosine")
+DEFAULT_READOUT_WEIGHT = 1.0  # chosen by the sweep in docs/default_model.md
 FRAME_MODES = ("last", "all")
 
 
@@ -39,6 +48,19 @@ class ObjectiveConfig:
     discount: float = 1.0
     layer_norm: bool = True
     proprio_weight: float = 0.0
+    readout_weight: float | None = None
+    latent_weight: float = 1.0
+
+    def resolve(self, world_model) -> ObjectiveConfig:
+        """A copy with ``readout_weight`` made concrete for this world model (see the module doc)."""
+        has_readout = getattr(world_model, "state_readout", None) is not None
+        weight = self.readout_weight
+        if weight is None:
+            weight = DEFAULT_READOUT_WEIGHT if has_readout else 0.0
+        elif weight > 0 and not has_readout:
+            raise ValueError(f"objective readout_weight={weight} needs a world model with a state readout "
+                             "(post-train with state_readout.state_dims=[...]); this one has none")
+        return replace(self, readout_weight=float(weight))
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -47,8 +69,16 @@ class ObjectiveConfig:
             raise ValueError(f"unknown objective frames {self.frames!r}; choose one of {list(FRAME_MODES)}")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"objective discount must be in (0, 1], got {self.discount}")
-        if self.proprio_weight < 0:
-            raise ValueError(f"objective proprio_weight must be >= 0, got {self.proprio_weight}")
+        for name in ("proprio_weight", "readout_weight", "latent_weight"):
+            if (getattr(self, name) or 0.0) < 0:
+                raise ValueError(f"objective {name} must be >= 0, got {getattr(self, name)}")
+        if self.latent_weight == 0 and self.proprio_weight == 0 and not self.readout_weight:
+            raise ValueError("objective latent_weight, proprio_weight and readout_weight are all 0: nothing to minimise")
+
+    @property
+    def needs_proprio(self) -> bool:
+        """Whether the cost uses the observed proprio state, whatever the predictor takes."""
+        return self.proprio_weight > 0 or bool(self.readout_weight)
 
 
 def uses_states(world_model) -> bool:
@@ -90,15 +120,17 @@ def build_cost_fn(
     config: ObjectiveConfig | None = None,
     goal_state: Tensor | None = None,
     context_actions: Tensor | None = None,
+    goal_readout: Tensor | None = None,
 ) -> CostFn:
     """Make ``cost_fn(actions (E,S,H,A)) -> (E,S)`` from per-env context and goal.
 
     z0: (E, N, D) current-frame latents, or (E, T0, N, D) the last T0 frames with
     ``context_actions`` (E, T0-1, A) the actions executed between them; state0: (E, Ds) or
     (E, T0, Ds), or None for a stateless world model; z_goal: (E, N, D); goal_state: (E, Ds),
-    needed only when ``proprio_weight > 0``.
+    needed only when ``proprio_weight > 0``; goal_readout: (E, K) ``world_model.decode_state`` of the goal
+    frames, needed only when ``readout_weight > 0``.
     """
-    config = config or ObjectiveConfig()
+    config = (config or ObjectiveConfig()).resolve(world_model)
     config.validate()
     if z0.ndim == 3:
         z0 = z0[:, None]
@@ -120,10 +152,21 @@ def build_cost_fn(
             expected = None if state0 is None else tuple(state0[:, -1].shape)
             got = None if goal_state is None else tuple(goal_state.shape)
             raise ValueError(f"proprio_weight > 0 needs state0 and a goal_state of the same shape, got {expected} and {got}")
+    readout_dims = list(world_model.state_readout.config.state_dims) if config.readout_weight > 0 else []
+    if config.readout_weight > 0:
+        if state0 is None:
+            raise ValueError("readout_weight > 0 needs the observed proprio state (state0) of each env")
+        if goal_readout is None or goal_readout.shape != (E, len(readout_dims)):
+            got = None if goal_readout is None else tuple(goal_readout.shape)
+            raise ValueError(f"readout_weight > 0 needs goal_readout = world_model.decode_state(goal frames) of shape "
+                             f"({E}, {len(readout_dims)}), got {got}")
+        start_readout = state0[:, -1][:, readout_dims][:, None]  # (E, 1, K) observed now
+    # The predictor gets states only if it was trained with them; the proprio terms use them anyway.
+    rollout_state0 = state0 if uses_states(world_model) else None
     if T0 == 1:  # the plain (S, N, D) / (S, Ds) form every world model accepts
-        context = (z0[:, 0], None if state0 is None else state0[:, 0], None)
+        context = (z0[:, 0], None if rollout_state0 is None else rollout_state0[:, 0], None)
     else:
-        context = (z0, state0, context_actions)
+        context = (z0, rollout_state0, context_actions)
     goal = normalize_latents(z_goal, config.layer_norm)[:, None, None]  # (E, 1, 1, N, D)
     expanded: dict[int, tuple[Tensor | None, ...]] = {}
 
@@ -135,10 +178,8 @@ def build_cost_fn(
             expanded[samples] = tuple(None if x is None else x.repeat_interleave(samples, dim=0) for x in context)
         return expanded[samples]
 
-    def cost_fn(actions: Tensor) -> Tensor:
-        E_, S, H, A = actions.shape
-        if E_ != E:
-            raise ValueError(f"cost_fn got actions for {E_} envs, expected {E}")
+    def latent_cost(actions: Tensor) -> Tensor:
+        _, S, H, A = actions.shape
         z_ctx, s_ctx, a_ctx = context_for(S)
         flat = actions.reshape(E * S, H, A)
         kwargs = {} if a_ctx is None else {"context_actions": a_ctx}
@@ -152,7 +193,18 @@ def build_cost_fn(
         pred = normalize_latents(pred, config.layer_norm).reshape(E, S, pred.shape[1], *pred.shape[-2:])
         per_frame = latent_distance(pred, goal, config.metric)  # (E, S, H') with H' = 1 or H
         weights = frame_weights(per_frame.shape[-1], config.frames, config.discount, actions.device)
-        cost = per_frame @ weights
+        return per_frame @ weights
+
+    def cost_fn(actions: Tensor) -> Tensor:
+        E_, S, H, A = actions.shape
+        if E_ != E:
+            raise ValueError(f"cost_fn got actions for {E_} envs, expected {E}")
+        cost = actions.new_zeros(E, S)
+        if config.latent_weight > 0:
+            cost = cost + config.latent_weight * latent_cost(actions)
+        if config.readout_weight > 0:
+            reached = start_readout + actions.sum(dim=2)[..., : len(readout_dims)]  # (E, S, K)
+            cost = cost + config.readout_weight * (reached - goal_readout[:, None]).norm(dim=-1)
         if config.proprio_weight > 0:
             final_state = world_model.next_states(state0[:, -1:].expand(-1, S, -1), actions.sum(dim=2))  # (E, S, Ds)
             cost = cost + config.proprio_weight * (final_state - goal_state[:, None]).pow(2).sum(-1)

@@ -131,10 +131,10 @@ def test_non_finite_loss_stops_before_a_checkpoint(reach_data, tmp_path, monkeyp
     forward = posttrain.PosttrainObjective.forward
     calls = {"n": 0}
 
-    def poisoned(self, z, actions, states):
+    def poisoned(self, z, actions, states, readout_frames=None):
         calls["n"] += 1
-        teacher, rollout = forward(self, z, actions, states)
-        return (teacher * float("nan"), rollout) if calls["n"] == 3 else (teacher, rollout)
+        teacher, rollout, readout = forward(self, z, actions, states, readout_frames)
+        return (teacher * float("nan"), rollout, readout) if calls["n"] == 3 else (teacher, rollout, readout)
 
     monkeypatch.setattr(posttrain.PosttrainObjective, "forward", poisoned)
     with pytest.raises(NonFiniteLossError, match="step 2"):

@@ -62,7 +62,7 @@ class CollectConfig:
     episode_length: int = 50      # frames (= actions) recorded per episode
     workers: int = 2              # rollout processes; <= 1 runs in this process
     fps: int | None = None        # video/timestamp rate; None: the env's metadata["render_fps"]
-    crf: int = 18                 # libx264 quality (lower = better); 18 is visually lossless
+    crf: int = 0                  # libx264 quality (lower = better); 0 is lossless (stored as yuv444p)
     gop: int = 10                 # keyframe interval; short GOPs keep windowed decoding cheap
     task: str | None = None       # task string stored in meta/tasks.parquet
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)

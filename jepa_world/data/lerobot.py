@@ -8,7 +8,7 @@ finished episode is durable on its own; v3 allows any number of episodes per fil
     meta/stats.json                                  min/max/mean/std/count per numeric feature
     meta/episodes/chunk-000/file-000.parquet         one row per committed episode (1000 per file)
     data/chunk-XXX/file-XXX.parquet                  per-frame rows
-    videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 yuv420p
+    videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 (yuv444p lossless at crf 0, else yuv420p)
 
 The episodes table is the source of truth: an episode exists once its row is in it.
 Data and video files are written under a temporary name and renamed, then the episodes
@@ -97,21 +97,28 @@ def list_column_to_numpy(column: pa.ChunkedArray | pa.Array, name: str, file: Pa
 
 # ----------------------------------------------------------------------------- video
 
-def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 10) -> None:
-    """Encode (T, H, W, 3) uint8 frames to an H.264 yuv420p mp4 (atomic: temp name, then rename).
+def video_pix_fmt(crf: int) -> str:
+    return "yuv444p" if crf == 0 else "yuv420p"
 
-    A short GOP keeps random access cheap for windowed reads; crf 18 is visually lossless.
+
+def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 10) -> None:
+    """Encode (T, H, W, 3) uint8 frames to an H.264 mp4 (atomic: temp name, then rename).
+
+    A short GOP keeps random access cheap for windowed reads. crf 0 is lossless and is stored as
+    yuv444p (only the RGB<->YUV rounding remains, <= 2 levels); other crf values use the widely
+    readable yuv420p, whose colour subsampling blurs small objects at 64 px.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     t, h, w, _ = frames.shape
+    pix_fmt = video_pix_fmt(crf)
     if h % 2 or w % 2:
-        raise ValueError(f"{path}: yuv420p needs even frame sizes, got {h}x{w}")
+        raise ValueError(f"{path}: H.264 needs even frame sizes, got {h}x{w}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
     with av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=Fraction(fps))
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
         stream.options = {"crf": str(crf), "g": str(gop), "preset": "veryfast", "tune": "zerolatency"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
@@ -215,7 +222,7 @@ class LeRobotWriter:
         for cam, (h, w) in cameras.items():
             features[f"observation.images.{cam}"] = {
                 "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": "yuv420p",
+                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": video_pix_fmt(self.crf),
                          "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False}}
         features["observation.state"] = {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)}
         features["action"] = {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)}

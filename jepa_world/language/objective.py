@@ -18,6 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -32,6 +33,7 @@ from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
 from jepa_world.language.train import HeadMeta, load_language_head
 from planners.agent import MPCAgent
 from planners.base import CostFn
+from planners.objectives import ObjectiveConfig
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ class LanguageGoalAgent(MPCAgent):
 
     def __init__(self, world_model, planner, head: LanguageHead, meta: HeadMeta, text: TextEncoder,
                  goal_texts: GoalTexts, **agent_kwargs: Any):
+        # The goal is the sentence: the state readout must never decode the goal image passed to reset.
+        agent_kwargs["objective"] = replace(agent_kwargs.get("objective") or ObjectiveConfig(), readout_weight=0.0)
         super().__init__(world_model, planner, **agent_kwargs)
         check_head_matches(head, meta, world_model)
         self.head = head.to(self.device).eval().requires_grad_(False)

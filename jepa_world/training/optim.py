@@ -84,23 +84,29 @@ def is_decayed(name: str, param: torch.Tensor) -> bool:
     return not (name.endswith(".bias") or name == "bias" or param.ndim <= 1 or squeezed_dims <= 1)
 
 
-def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict]:
-    """Two AdamW groups; ``wd_scale`` marks which group follows the weight-decay schedule."""
-    decay, no_decay = [], []
+def param_groups(named_parameters: Iterable[tuple[str, nn.Parameter]], weight_decay: float,
+                 lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """AdamW groups: decayed and not, per learning-rate scale. ``wd_scale`` marks which groups follow the
+    weight-decay schedule; ``lr_scales`` maps a parameter-name prefix to a multiple of the scheduled LR
+    (a head that needs a faster LR than the model it sits on)."""
+    lr_scales = lr_scales or {}
+    groups: dict[tuple[float, bool], list[nn.Parameter]] = {(1.0, True): [], (1.0, False): []}
     for name, param in named_parameters:
         if param.requires_grad:
-            (decay if is_decayed(name, param) else no_decay).append(param)
+            scale = next((v for prefix, v in lr_scales.items() if name.startswith(prefix)), 1.0)
+            groups.setdefault((scale, is_decayed(name, param)), []).append(param)
     return [
-        {"params": decay, "weight_decay": weight_decay, "wd_scale": 1.0},
-        {"params": no_decay, "weight_decay": 0.0, "wd_scale": 0.0},
+        {"params": params, "weight_decay": weight_decay if decayed else 0.0, "wd_scale": 1.0 if decayed else 0.0,
+         "lr_scale": scale}
+        for (scale, decayed), params in groups.items() if params or scale == 1.0
     ]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, lr_scales: dict[str, float] | None = None) -> torch.optim.AdamW:
     params = list(model.named_parameters())
     on_cuda = any(p.is_cuda for _, p in params)
     return torch.optim.AdamW(
-        param_groups(params, cfg.weight_decay),
+        param_groups(params, cfg.weight_decay, lr_scales),
         lr=lr_at(0, cfg, 1) if cfg.warmup_steps else cfg.lr,
         betas=cfg.betas,
         eps=cfg.eps,
@@ -112,7 +118,7 @@ def apply_schedule(optimizer: torch.optim.Optimizer, step: int, cfg: OptimConfig
     """Set this step's LR and WD on every group; returns (lr, wd)."""
     lr, wd = lr_at(step, cfg, total_steps), weight_decay_at(step, cfg, total_steps)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
         group["weight_decay"] = wd * group.get("wd_scale", 1.0)
     return lr, wd
 

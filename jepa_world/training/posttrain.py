@@ -34,6 +34,7 @@ from jepa_world.data.feature_cache import (
 from jepa_world.data.lerobot import DatasetFormatError, read_meta
 from jepa_world.data.trajectory import split_episodes
 from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
+from jepa_world.models.state_readout import StateReadout
 from jepa_world.models.vit import VIT_SIZES, VisionTransformer, ViTConfig, build_encoder
 from jepa_world.training.checkpoint import (
     CheckpointError,
@@ -72,7 +73,7 @@ RANDOM_ENCODER_PREFIX = "random:"
 # Settings that must not change when resuming into an existing output_dir.
 RESUME_KEYS: tuple[str, ...] = (
     "run.encoder", "run.num_frames", "run.frame_step", "run.action_merge", "run.rollout_steps", "run.batch_size",
-    "run.state_tokens", "run.seed", "run.max_steps", "run.val_fraction", "run.split_seed", "run.optim",
+    "run.state_tokens", "run.state_readout", "run.readout_batch_size", "run.readout_lr_scale", "run.seed", "run.max_steps", "run.val_fraction", "run.split_seed", "run.optim",
     "run.feature_cache_key", "predictor", "world_model",
 )
 
@@ -94,6 +95,12 @@ class PosttrainConfig:
     random_encoder: dict[str, Any] = field(default_factory=lambda: {"patch_size": 8})  # build_encoder overrides
     action_dim: int | None = None  # expected dataset action dim; None: take the dataset's
     state_tokens: bool = True  # feed robot states to the predictor (False: state_dim 0)
+    # StateReadoutConfig fields (state_dims, token_dim, hidden_dim): also train a head that decodes these
+    # state dims from a frame's latents, for planning objectives that decode the goal image's state.
+    # No (or empty) state_dims: no readout.
+    state_readout: dict[str, Any] = field(default_factory=dict)
+    readout_batch_size: int = 256  # frames per step for the readout (frames are cheap: cached latents)
+    readout_lr_scale: float = 2.5  # readout LR as a multiple of the predictor's scheduled LR
     num_frames: int = 8
     frame_step: int = 1
     action_merge: str = "sum"
@@ -114,7 +121,7 @@ class PosttrainConfig:
     def __post_init__(self) -> None:
         self.eval_horizons = tuple(int(h) for h in self.eval_horizons)
         positive = ("max_steps", "num_frames", "frame_step", "batch_size", "rollout_steps", "log_every", "eval_every",
-                    "eval_windows", "save_every", "encode_batch_size")
+                    "eval_windows", "save_every", "encode_batch_size", "readout_batch_size")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -128,6 +135,8 @@ class PosttrainConfig:
             )
         if not self.eval_horizons or min(self.eval_horizons) < 1:
             raise ValueError(f"posttrain eval_horizons={self.eval_horizons} must be positive ints")
+        if not self.readout_lr_scale > 0:
+            raise ValueError(f"posttrain readout_lr_scale={self.readout_lr_scale!r} must be > 0")
         if self.stop_after is not None and self.stop_after < 1:
             raise ValueError(f"posttrain stop_after={self.stop_after} must be a positive int or null")
         if self.action_dim is not None and self.action_dim < 1:
@@ -218,11 +227,14 @@ def dataset_dims(data: str | Path, camera: str | None) -> tuple[int, int, int]:
 
 
 class PosttrainObjective(nn.Module):
-    """Teacher-forcing + autoregressive-rollout L1 on layer-normed latents (one DDP forward per step)."""
+    """Teacher-forcing + autoregressive-rollout L1 on layer-normed latents, and the state readout's
+    MSE when there is one (one DDP forward per step)."""
 
-    def __init__(self, predictor: ACPredictor, rollout_steps: int, normalize: bool = True):
+    def __init__(self, predictor: ACPredictor, rollout_steps: int, normalize: bool = True,
+                 state_readout: StateReadout | None = None):
         super().__init__()
         self.predictor = predictor
+        self.state_readout = state_readout
         self.rollout_steps = rollout_steps
         self.normalize = normalize
 
@@ -230,8 +242,11 @@ class PosttrainObjective(nn.Module):
         out = self.predictor(z, actions, states)
         return layer_norm_tokens(out) if self.normalize else out
 
-    def forward(self, z: Tensor, actions: Tensor, states: Tensor | None) -> tuple[Tensor, Tensor]:
-        """z (B,T,N,D) targets, actions (B,T-1,A), states (B,T,S) -> (teacher-forcing L1, rollout L1)."""
+    def forward(self, z: Tensor, actions: Tensor, states: Tensor | None,
+                readout_frames: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """z (B,T,N,D) targets, actions (B,T-1,A), states (B,T,S), readout_frames ((F,N,D) latents,
+        (F,K) standardised targets) -> (teacher-forcing L1, rollout L1, readout MSE or 0). The readout
+        sees the encoder's latents (as it will see the goal image's), never predicted ones."""
         past_states = None if states is None else states[:, :-1]
         teacher = self._predict(z[:, :-1], actions, past_states)  # (B, T-1, N, D)
         teacher_loss = (teacher - z[:, 1:]).abs().mean()
@@ -241,7 +256,11 @@ class PosttrainObjective(nn.Module):
             nxt = self._predict(history, actions[:, :step], step_states)[:, -1:]
             history = torch.cat([history, nxt], dim=1)
         rollout_loss = (history[:, 1:] - z[:, 1 : self.rollout_steps + 1]).abs().mean()
-        return teacher_loss, rollout_loss
+        readout_loss = torch.zeros((), device=z.device)
+        if self.state_readout is not None:
+            latents, targets = readout_frames
+            readout_loss = (self.state_readout.forward_standardized(latents) - targets).pow(2).mean()
+        return teacher_loss, rollout_loss, readout_loss
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -279,6 +298,18 @@ def evaluate_prediction(
     return out
 
 
+@torch.no_grad()
+def evaluate_readout(readout: StateReadout, cache: FeatureCache, rows: Tensor) -> dict[str, float]:
+    """Median and 90th-percentile Euclidean error (env units) of the state readout on held-out frames."""
+    device = next(readout.parameters()).device
+    dims = list(readout.config.state_dims)
+    errors = torch.cat([
+        (readout(cache.latents[part].to(device).float()) - cache.states[part][:, dims].to(device)).norm(dim=-1)
+        for part in rows.split(1024)
+    ])
+    return {"readout_err_median": errors.median().item(), "readout_err_p90": errors.quantile(0.9).item()}
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -291,13 +322,18 @@ class PosttrainResult:
     seconds: float
 
 
-def input_statistics(cache: FeatureCache, episodes: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-dim mean/std of the actions and states of ``episodes`` (std of constant dims -> 1)."""
+def episode_rows(cache: FeatureCache, episodes: list[int]) -> Tensor:
+    """Cache rows (frames) of ``episodes``."""
     positions = {int(e): i for i, e in enumerate(cache.episode_index.tolist())}
-    rows = torch.cat([
+    return torch.cat([
         torch.arange(int(cache.episode_start[positions[e]]), int(cache.episode_start[positions[e]] + cache.episode_length[positions[e]]))
         for e in episodes
     ])
+
+
+def input_statistics(cache: FeatureCache, episodes: list[int]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-dim mean/std of the actions and states of ``episodes`` (std of constant dims -> 1)."""
+    rows = episode_rows(cache, episodes)
     out = []
     for values in (cache.actions[rows], cache.states[rows]):
         std = values.std(0)
@@ -323,7 +359,9 @@ def _build_world_model(cfg: PosttrainConfig, seed: int) -> tuple[WorldModel, int
         wm_fields["integrated_state_dims"] = ()
     wm_config = WorldModelConfig(**wm_fields)
     torch.manual_seed(seed)
-    world_model = WorldModel.create(encoder, action_dim, predictor_state_dim, wm_config, img_size=img_size, **cfg.predictor)
+    world_model = WorldModel.create(encoder, action_dim, predictor_state_dim, wm_config, img_size=img_size,
+                                    state_readout=dict(cfg.state_readout) if cfg.state_readout.get("state_dims") else None,
+                                    **cfg.predictor)
     return world_model, action_dim, state_dim
 
 
@@ -351,6 +389,14 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         cache = load_or_build_feature_cache(world_model, cfg.data, **cache_args)
     if cache.action_dim != action_dim:
         raise ValueError(f"feature cache {cache.path} has action dim {cache.action_dim}, the model {action_dim}")
+    readout_cache = None
+    if world_model.state_readout is not None:  # the readout reads its own (finer) token grid: a second cache
+        readout_args = {**cache_args, "cache_dir": None}
+        if info.is_main:
+            readout_cache = load_or_build_feature_cache(world_model.readout_view(), cfg.data, **readout_args)
+        barrier(info)
+        if not info.is_main:
+            readout_cache = load_or_build_feature_cache(world_model.readout_view(), cfg.data, **readout_args)
     episodes = [int(e) for e in cache.episode_index.tolist()]
     train_eps = split_episodes(episodes, "train", cfg.val_fraction, cfg.split_seed)
     val_eps = split_episodes(episodes, "val", cfg.val_fraction, cfg.split_seed) if cfg.val_fraction > 0 else []
@@ -360,12 +406,21 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     log.info("%d train windows (%d episodes), %d val windows (%d episodes)", len(train), len(train_eps),
              len(val) if val else 0, len(val_eps))
 
-    world_model.set_input_statistics(*input_statistics(cache, train_eps))
-    predictor = world_model.predictor
-    objective = PosttrainObjective(predictor, cfg.rollout_steps, world_model.config.normalize_latents)
+    statistics = input_statistics(cache, train_eps)
+    world_model.set_input_statistics(*statistics)
+    predictor, readout = world_model.predictor, world_model.state_readout
+    if readout is not None:
+        dims = list(readout.config.state_dims)
+        if max(dims) >= cache.states.shape[-1]:
+            raise ValueError(f"state_readout.state_dims={dims} but the dataset's states have {cache.states.shape[-1]} dims")
+        readout.set_statistics(statistics[2][dims], statistics[3][dims])
+    objective = PosttrainObjective(predictor, cfg.rollout_steps, world_model.config.normalize_latents, readout)
     optim_cfg = OptimConfig(**{"schedule": "wsd", "lr": 4.25e-4, "warmup_steps": min(100, cfg.max_steps // 10),
                                "grad_clip": 1.0, **cfg.optim})
-    optimizer = build_optimizer(predictor, optim_cfg)
+    trained = {name: m for name, m in world_model.trained_modules().items() if name != "encoder"}
+    optimizer = build_optimizer(objective, optim_cfg, {"state_readout.": cfg.readout_lr_scale})
+    readout_rows = episode_rows(readout_cache, train_eps) if readout is not None else None
+    readout_val_rows = episode_rows(readout_cache, val_eps) if readout is not None and val_eps else None
     config_json = _checkpoint_config(world_model, cfg, cache)
 
     last = output_dir / "checkpoints" / "last"
@@ -374,7 +429,7 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         remove_stale_temp_dirs(last.parent)
     barrier(info)
     if cfg.resume and last.is_dir():
-        start_step = resume_from(last, {"predictor": predictor}, optimizer, config_json, RESUME_KEYS)
+        start_step = resume_from(last, trained, optimizer, config_json, RESUME_KEYS)
     model = wrap_ddp(objective, info)
     metrics = MetricsWriter(output_dir / "metrics.jsonl", enabled=info.is_main, resume_step=start_step if start_step else None)
     guard = NonFiniteGuard(info.device)
@@ -384,7 +439,7 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         guard.check()
         if info.is_main:
             train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": capture_rng_state()}
-            tensors = module_tensors({"encoder": world_model.encoder, "predictor": predictor})
+            tensors = module_tensors(world_model.trained_modules())
             save_checkpoint(last, tensors, config_json, train_state)
         barrier(info)
 
@@ -401,14 +456,20 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + info.rank)
         z, actions, states = train.sample(cfg.batch_size, generator)
         z, actions = z.to(info.device), actions.to(info.device)
+        readout_frames = None
+        if readout is not None:
+            rows = readout_rows[torch.randint(len(readout_rows), (cfg.readout_batch_size,), generator=generator)]
+            readout_frames = (readout_cache.latents[rows].to(info.device).float(),
+                              readout.standardize(readout_cache.states[rows].to(info.device)))
         states = states.to(info.device) if state_dim else None
         lr, _ = apply_schedule(optimizer, step, optim_cfg, cfg.max_steps)
-        teacher_loss, rollout_loss = model(z, *world_model.standardize(actions, states))
-        loss = teacher_loss + rollout_loss
+        teacher_loss, rollout_loss, readout_loss = model(z, *world_model.standardize(actions, states), readout_frames)
+        loss = teacher_loss + rollout_loss + readout_loss
         guard.observe(loss, step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        clip_gradients(predictor.parameters(), optim_cfg.grad_clip)
+        for module in trained.values():  # clipped apart: the readout's gradients never touch the predictor's
+            clip_gradients(module.parameters(), optim_cfg.grad_clip)
         optimizer.step()
         loss_sum += loss.detach()
         loss_count += 1
@@ -420,9 +481,12 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
             elapsed = time.perf_counter() - window
             record = {"step": done, "loss": mean_loss, "loss_teacher": teacher_loss.item(),
                       "loss_rollout": rollout_loss.item(), "lr": lr,
+                      **({"loss_readout": readout_loss.item()} if readout is not None else {}),
                       "windows_per_s": loss_count * cfg.batch_size * info.world_size / max(elapsed, 1e-9)}
             if info.is_main and val is not None and (done % cfg.eval_every == 0 or done == cfg.max_steps):
                 eval_metrics = evaluate_prediction(world_model, val, cfg.eval_horizons, cfg.eval_windows)
+                if readout_val_rows is not None:
+                    eval_metrics.update(evaluate_readout(readout, readout_cache, readout_val_rows))
                 record.update(eval_metrics)
             metrics.write(record)
             progress.set_postfix(loss=f"{mean_loss:.4f}")
