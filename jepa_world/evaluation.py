@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from planners import make_planner
-from planners.agent import MPCAgent
+from planners.agent import AgentStats, MPCAgent
 from planners.objectives import ObjectiveConfig
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,41 @@ def run_episodes(
     return results, frames
 
 
+BASELINE_POLICIES = ("expert", "random")
+
+
+class BaselinePolicy:
+    """The reference policies, run through ``run_episodes`` exactly like a planner (same seeds, budget,
+    success judgement): ``expert`` is the env's scripted expert (it reads simulator state, so it is an
+    upper reference, not a competitor); ``random`` draws actions uniformly in the action box from a
+    generator seeded per episode."""
+
+    def __init__(self, kind: str, envs: Sequence[gym.Env]):
+        if kind not in BASELINE_POLICIES:
+            raise ValueError(f"baseline policy {kind!r}: expected one of {BASELINE_POLICIES}")
+        self.kind, self.envs = kind, list(envs)
+        self.objective = ObjectiveConfig(readout_weight=0.0)  # no proprio goal terms: run_episodes asks
+        self.stats = AgentStats()
+        self.generators: list[np.random.Generator] = []
+
+    def reset(self, goal_image: np.ndarray, goal_state=None, seeds: Sequence[int] | None = None) -> None:
+        count = len(goal_image)
+        seeds = list(range(count)) if seeds is None else list(seeds)
+        self.generators = [np.random.default_rng(int(s)) for s in seeds]
+        self.stats = AgentStats()
+
+    def act_batch(self, observations: list[dict]) -> np.ndarray:
+        count = len(observations)
+        if self.kind == "expert":
+            actions = np.stack([env.unwrapped.expert_action() for env in self.envs[:count]])
+        else:
+            space = self.envs[0].action_space
+            actions = np.stack([g.uniform(space.low, space.high) for g in self.generators[:count]])
+        self.stats.plan_ms.append(0.0)
+        self.stats.energies.append(np.zeros(count))  # no energy: the policy does not plan
+        return actions.astype(np.float32)
+
+
 # ---------------------------------------------------------------------------- setup from configs
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -211,7 +246,7 @@ def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
                     context_frames=int(cfg.get("context_frames", 1)))
 
 
-SETTING_KEYS = ("model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every", "context_frames",
+SETTING_KEYS = ("policy", "model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every", "context_frames",
                 "time_budget_s", "warm_start", "planner", "objective")
 
 
@@ -282,6 +317,27 @@ def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int 
                 image = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[: stream.height, : stream.width]), format="rgb24")
                 container.mux(stream.encode(image))
             container.mux(stream.encode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_strip(path: str | os.PathLike, frames: Sequence[np.ndarray], panels: int = 6) -> Path:
+    """strip.png: ``panels`` evenly spaced video frames (first and last included) side by side, a
+    glanceable summary of an episode."""
+    from PIL import Image
+
+    if not frames:
+        raise ValueError(f"no frames to write to {path}")
+    picks = np.unique(np.linspace(0, len(frames) - 1, num=min(panels, len(frames))).round().astype(int))
+    gap = np.full((frames[0].shape[0], 4, 3), 255, dtype=np.uint8)
+    row = np.concatenate([part for i in picks for part in (frames[i], gap)][:-1], axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_path(path)
+    try:
+        Image.fromarray(row).save(tmp, format="PNG")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """Zero-shot evaluation: success rate of latent MPC over seeded episodes.
 
     python scripts/evaluate.py env=reach episodes=50 seed=1000 [model=DIR num_envs=8 planner=mppi ...]
+    python scripts/evaluate.py env=reach episodes=50 seed=1000 policy=random    # or policy=expert
 
 Episode i resets the env (start and goal) and the planner with seed + i; num_envs episodes are
 planned together in one batch. Writes output_dir/eval_info.json in LeRobot's shape and up to
@@ -36,10 +37,15 @@ def evaluate(cfg: dict) -> dict:
         raise ValueError(f"max_steps (the per-episode step budget) must be >= 1, got {cfg['max_steps']}")
     if int(cfg["num_envs"]) < 1:
         raise ValueError(f"num_envs must be >= 1, got {cfg['num_envs']}")
-    world_model = ev.load_world_model(str(cfg["model_dir"]), cfg["env"]["name"], cfg["device"])
     num_envs = min(int(cfg["num_envs"]), len(seeds))
-    envs = [ev.make_env(cfg["env"], ev.model_image_size(world_model)) for _ in range(num_envs)]
-    agent = ev.build_agent(cfg, world_model, envs[0])
+    policy = cfg.get("policy", "planner")
+    if policy == "planner":
+        world_model = ev.load_world_model(str(cfg["model_dir"]), cfg["env"]["name"], cfg["device"])
+        envs = [ev.make_env(cfg["env"], ev.model_image_size(world_model)) for _ in range(num_envs)]
+        agent = ev.build_agent(cfg, world_model, envs[0])
+    else:  # a reference policy under the same protocol
+        envs = [ev.make_env(cfg["env"]) for _ in range(num_envs)]
+        agent = ev.BaselinePolicy(policy, envs)
     out = os.path.abspath(cfg["output_dir"])
     results, video_paths = [], []
     start = time.perf_counter()

@@ -8,7 +8,8 @@
 An image-only goal has no simulator state, so success and distance are reported as null.
 
 Writes output_dir/result.json (success or null, final_distance, steps, plan_ms per step, energies),
-episode.mp4 (observation | goal with the energy underneath) and energy.png; prints one summary line.
+episode.mp4 (observation | goal with the energy underneath), strip.png (six of its frames) and
+energy.png; prints one summary line.
 """
 import logging
 import os
@@ -45,6 +46,8 @@ def plan_episode(cfg: dict) -> dict:
         env.close()
     out = os.path.abspath(cfg["output_dir"])
     video = str(ev.write_video(os.path.join(out, "episode.mp4"), frames, fps=int(cfg["fps"]))) if frames else None
+    if frames:
+        ev.write_strip(os.path.join(out, "strip.png"), frames)
     last_costs = agent.last_energies[0].cpu().numpy() if agent.last_energies is not None else None
     ev.plot_energy(os.path.join(out, "energy.png"), result, last_costs)
     payload = ev.plan_result(result, video, ev.run_settings(cfg))

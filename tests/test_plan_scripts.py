@@ -81,6 +81,8 @@ def test_plan_cli_writes_result_video_and_plot(model_dir, tmp_path):
     frame = video[0].asnumpy()
     assert frame.shape[1] == 2 * frame.shape[0] - 2 * ev.STRIP_HEIGHT or frame.shape[1] == 512
     assert (out / "energy.png").stat().st_size > 1000
+    strip = np.asarray(Image.open(out / "strip.png"))  # all 4 frames (fewer than 6 panels), 4 px gaps
+    assert strip.shape == (frame.shape[0], 4 * frame.shape[1] + 3 * 4, 3)
 
 
 def test_plan_with_goal_image_file_resizes_with_warning_and_reports_unknown_success(model_dir, tmp_path, caplog):
@@ -179,3 +181,18 @@ def test_evaluate_rejects_zero_episodes_and_zero_step_budget(model_dir, tmp_path
         evaluate(config("evaluate", [*base, "episodes=0"]))
     with pytest.raises(ValueError, match="step budget.*must be >= 1, got 0"):
         evaluate(config("evaluate", [*base, "max_steps=0"]))
+
+
+def test_reference_policies_run_under_the_evaluation_protocol(tmp_path):
+    evaluate = load_script("evaluate").evaluate
+    common = ["env=reach", "episodes=3", "seed=1000", "num_envs=3", "max_videos=0"]
+    expert = evaluate(config("evaluate", [*common, "policy=expert", f"output_dir={tmp_path / 'expert'}"]))
+    random = evaluate(config("evaluate", [*common, "policy=random", f"output_dir={tmp_path / 'random'}"]))
+    assert expert["aggregated"]["pc_success"] == 100.0 and expert["settings"]["policy"] == "expert"
+    assert random["aggregated"]["avg_final_distance"] > 5 * expert["aggregated"]["avg_final_distance"]
+    assert [e["seed"] for e in random["per_episode"]] == [1000, 1001, 1002]
+    again = evaluate(config("evaluate", [*common, "policy=random", f"output_dir={tmp_path / 'again'}"]))
+    distances = lambda info: [e["final_distance"] for e in info["per_episode"]]  # noqa: E731
+    assert distances(again) == distances(random)  # seeded per episode
+    with pytest.raises(ValueError, match=r"baseline policy 'greedy': expected one of \('expert', 'random'\)"):
+        evaluate(config("evaluate", [*common, "policy=greedy", f"output_dir={tmp_path / 'bad'}"]))
