@@ -7,7 +7,10 @@ One step:
      predictor fills mask token i at the target positions;
   3. loss = mean over generators of L1 (or smooth-L1) between predictions and the
      targets gathered at the target ids;
-  4. AdamW step (scheduled LR/WD, optional clipping), then the EMA update.
+  4. optional SIGReg (``sigreg.weight > 0``): the online encoder's context tokens of each
+     mask, flattened to (B*Nc, D), are pushed toward an isotropic Gaussian, against
+     partial collapse; directions are seeded by (seed, step);
+  5. AdamW step (scheduled LR/WD, optional clipping), then the EMA update.
 
 Exact resume: the sampler permutation is seeded by (seed, epoch) and can start
 mid-epoch; masks are seeded by (seed, rank, epoch, batch); dataset augmentations by
@@ -53,6 +56,7 @@ from jepa_world.training.run import (
     restore_rng_state,
     seed_everything,
 )
+from jepa_world.training.sigreg import SIGReg, SIGRegConfig, SIGRegConfigError, step_generator
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +161,20 @@ def optim_config(cfg: Mapping[str, Any]) -> OptimConfig:
 def momentum_schedule(cfg: Mapping[str, Any], total_steps: int) -> MomentumSchedule:
     ema = dict(_section(cfg, "optim").get("ema") or {})
     return _build("optim.ema", MomentumSchedule, {"total_steps": total_steps, **ema})
+
+
+def sigreg_config(cfg: Mapping[str, Any]) -> SIGRegConfig:
+    """The optional ``sigreg`` section (absent: off, as in runs from before the option existed)."""
+    section = cfg.get("sigreg") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"sigreg={section!r}: expected a mapping with weight, num_directions, num_knots, t_max")
+    unknown = sorted(set(section) - {f.name for f in fields(SIGRegConfig)})
+    if unknown:
+        raise ConfigError(f"sigreg: unknown keys {unknown}; expected weight, num_directions, num_knots, t_max")
+    try:
+        return SIGRegConfig(**section)
+    except SIGRegConfigError as err:
+        raise ConfigError(str(err)) from err
 
 
 def mask_generators(cfg: Mapping[str, Any]) -> list:
@@ -274,27 +292,39 @@ class BatchStream:
 
 
 class JEPA(nn.Module):
-    """Online encoder + masked predictor; ``forward`` returns the masked-latent loss."""
+    """Online encoder + masked predictor; ``forward`` returns the masked-latent loss.
 
-    def __init__(self, encoder: VisionTransformer, predictor: MaskedPredictor, loss: LossKind = "l1", smooth_l1_beta: float = 1.0):
+    With ``sigreg`` set and ``sigreg_directions`` passed, ``forward`` returns
+    ``(prediction_loss, sigreg_statistic)``, the statistic averaged over the masks' context tokens.
+    """
+
+    def __init__(self, encoder: VisionTransformer, predictor: MaskedPredictor, loss: LossKind = "l1", smooth_l1_beta: float = 1.0,
+                 sigreg: SIGReg | None = None):
         super().__init__()
         self.encoder = encoder
         self.predictor = predictor
         self.loss = loss
         self.smooth_l1_beta = smooth_l1_beta
+        self.sigreg = sigreg
 
-    def forward(self, clips: Tensor, masks: Sequence[tuple[Tensor, Tensor]], targets: Tensor) -> Tensor:
-        """clips (B,3,T,H,W) or (B,3,H,W); masks [(ctx (B,Nc), tgt (B,Nt))]; targets (B,N,D) layer-normed."""
+    def forward(self, clips: Tensor, masks: Sequence[tuple[Tensor, Tensor]], targets: Tensor,
+                sigreg_directions: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """clips (B,3,T,H,W) or (B,3,H,W); masks [(ctx (B,Nc), tgt (B,Nt))]; targets (B,N,D) layer-normed;
+        sigreg_directions (D, M) unit columns."""
         grid = self.encoder.grid_shape(clips.shape)
-        losses = []
+        losses, sigregs = [], []
         for mask_index, (context_ids, target_ids) in enumerate(masks):
             context = self.encoder(clips, masks=context_ids)  # (B, Nc, D)
+            if sigreg_directions is not None and self.sigreg is not None:
+                sigregs.append(self.sigreg(context.flatten(0, 1), sigreg_directions))  # over (B*Nc, D)
             predicted = self.predictor(context, context_ids, target_ids, grid, mask_index=mask_index)  # (B, Nt, D)
             target = gather_tokens(targets, target_ids)  # (B, Nt, D)
             if self.loss == "l1":
                 losses.append(F.l1_loss(predicted.float(), target.float()))
             else:
                 losses.append(F.smooth_l1_loss(predicted.float(), target.float(), beta=self.smooth_l1_beta))
+        if sigregs:
+            return torch.stack(losses).mean(), torch.stack(sigregs).mean()
         return torch.stack(losses).mean()
 
 
@@ -345,6 +375,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     generators = mask_generators(cfg)
     pred_cfg = predictor_config(cfg, enc_cfg.embed_dim, len(generators))
     optim_cfg = optim_config(cfg)
+    sigreg_cfg = sigreg_config(cfg)
     ema_schedule = momentum_schedule(cfg, run.max_steps)
     dataset = build_dataset(cfg)
     num_workers = int(_section(cfg, "data").get("num_workers", 0))
@@ -352,7 +383,8 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     seed_everything(run.seed)  # identical initial weights on every rank
     encoder = VisionTransformer(enc_cfg)
     predictor = MaskedPredictor(pred_cfg)
-    jepa = JEPA(encoder, predictor, run.loss, run.smooth_l1_beta).to(info.device)
+    sigreg = SIGReg(sigreg_cfg) if sigreg_cfg.enabled else None
+    jepa = JEPA(encoder, predictor, run.loss, run.smooth_l1_beta, sigreg).to(info.device)
     target_encoder = make_target(encoder).to(info.device)
 
     start_step, train_state = 0, None
@@ -392,6 +424,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     params = [p for p in jepa.parameters() if p.requires_grad]
 
     loss_sum = torch.zeros((), device=info.device)
+    term_sums = torch.zeros(2, device=info.device)  # (prediction loss, SIGReg statistic) when SIGReg is on
     interval_steps, interval_start = 0, time.perf_counter()
     last_loss = math.nan
     end_step = run.stop_at_step or run.max_steps
@@ -405,7 +438,13 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
             lr, wd = apply_schedule(optimizer, step, optim_cfg, run.max_steps)
             with autocast:
                 targets = embed_targets(target_forward, clips)
-                loss = train_module(clips, masks, targets)
+                if sigreg is None:
+                    loss = train_module(clips, masks, targets)
+                else:
+                    directions = sigreg.sample_directions(enc_cfg.embed_dim, step_generator(run.seed, step)).to(info.device, non_blocking=True)
+                    prediction_loss, sigreg_loss = train_module(clips, masks, targets, directions)
+                    loss = prediction_loss + sigreg_cfg.weight * sigreg_loss
+                    term_sums += torch.stack([prediction_loss.detach(), sigreg_loss.detach()])
             loss.backward()
             grad_norm = clip_gradients(params, optim_cfg.grad_clip)
             optimizer.step()
@@ -436,6 +475,11 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
                 }
                 if grad_norm is not None:
                     record["grad_norm"] = float(grad_norm)
+                if sigreg is not None:
+                    # "loss" is the optimised total; these are its two terms (SIGReg unweighted).
+                    terms = all_reduce_mean(term_sums / interval_steps, info)
+                    record["loss_pred"], record["loss_sigreg"] = float(terms[0]), float(terms[1])
+                    term_sums.zero_()
                 metrics.write(record)
                 progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
                 last_loss = mean_loss
@@ -483,6 +527,8 @@ def _restore(last_dir: Path, cfg: Mapping[str, Any], jepa: JEPA, target_encoder:
     saved_cfg = ckpt.read_config(last_dir)
     ckpt.check_config_matches(saved_cfg, cfg, RESUME_MUST_MATCH, last_dir)
     changed = [k for k in ("optim", "max_steps") if saved_cfg.get(k) != cfg.get(k)]
+    if sigreg_config(saved_cfg) != sigreg_config(cfg):
+        changed.append("sigreg")
     if changed and info.is_main:
         log.warning("resuming with changed %s (allowed, but the run is no longer a pure continuation)", changed)
     ckpt.load_modules(last_dir, {"encoder": jepa.encoder, "target_encoder": target_encoder, "predictor": jepa.predictor})
