@@ -15,7 +15,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -250,10 +250,13 @@ SETTING_KEYS = ("policy", "model_dir", "goal", "seed", "episodes", "num_envs", "
                 "time_budget_s", "warm_start", "planner", "objective")
 
 
-def run_settings(cfg: dict[str, Any]) -> dict[str, Any]:
-    """The resolved settings that decide a run, recorded in its JSON report."""
+def run_settings(cfg: dict[str, Any], agent: MPCAgent | None = None) -> dict[str, Any]:
+    """The resolved settings that decide a run, recorded in its JSON report (with the agent's objective
+    as resolved for its world model, e.g. the readout weight a ``null`` chose)."""
     settings = {key: cfg[key] for key in SETTING_KEYS if key in cfg}
     settings["env"] = cfg["env"]["name"]
+    if isinstance(agent, MPCAgent):
+        settings["objective"] = asdict(agent.objective)
     return settings
 
 

@@ -70,7 +70,7 @@ def evaluate(cfg: dict) -> dict:
     finally:
         for env in envs:
             env.close()
-    info = ev.eval_info(results, time.perf_counter() - start, video_paths, ev.run_settings(cfg))
+    info = ev.eval_info(results, time.perf_counter() - start, video_paths, ev.run_settings(cfg, agent))
     ev.write_json(os.path.join(out, "eval_info.json"), info)
     return info
 

@@ -50,7 +50,7 @@ def plan_episode(cfg: dict) -> dict:
         ev.write_strip(os.path.join(out, "strip.png"), frames)
     last_costs = agent.last_energies[0].cpu().numpy() if agent.last_energies is not None else None
     ev.plot_energy(os.path.join(out, "energy.png"), result, last_costs)
-    payload = ev.plan_result(result, video, ev.run_settings(cfg))
+    payload = ev.plan_result(result, video, ev.run_settings(cfg, agent))
     ev.write_json(os.path.join(out, "result.json"), payload)
     return payload
 

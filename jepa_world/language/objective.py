@@ -205,7 +205,7 @@ def plan_language_episode(cfg: dict[str, Any]) -> dict[str, Any]:
     out = os.path.abspath(cfg["output_dir"])
     video = str(ev.write_video(os.path.join(out, "episode.mp4"), frames, fps=int(cfg["fps"]))) if frames else None
     result.success, result.final_distance = success, None  # the env's own image goal is not this goal
-    payload = ev.plan_result(result, video, ev.run_settings(cfg))
+    payload = ev.plan_result(result, video, ev.run_settings(cfg, agent))
     payload.update(goal_text=text, goal_region=None if region is None else C.REGIONS[region], success_measure="region")
     ev.write_json(os.path.join(out, "result.json"), payload)
     return payload
