@@ -25,7 +25,8 @@ TOY = [
                             "checkpoint_every=4"]),
     hydra_list("posttrain", ["max_steps=6", "predictor.size=micro",
                              "state_tokens=false", "world_model.latent_pool=2", "num_frames=4", "batch_size=4",
-                             "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6"]),
+                             "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6",
+                             "state_readout.state_dims=[0,1,2]", "readout_batch_size=16"]),
     hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
                             "planner.elites=2", "planner.iterations=2", "max_videos=1"]),
 ]
@@ -55,6 +56,8 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     from jepa_world.world_model import WorldModel
     model = WorldModel.from_pretrained(ship_dir)
     assert model.predictor.config.frame_tokens == 16  # 8x8 encoder grid pooled 2x2
+    assert model.state_readout.config.state_dims == (0, 1, 2)  # the end-effector readout ships with it
+    assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
     # A rerun into the same output_dir skips every finished stage instead of redoing it.
     rerun = run_recipe(out)
