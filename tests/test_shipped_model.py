@@ -56,12 +56,14 @@ def test_readme_plan_command_runs_on_the_shipped_model(tmp_path):
 @pytest.mark.slow
 def test_shipped_model_reaches_goals_zero_shot(tmp_path):
     out = tmp_path / "eval"
-    result = subprocess.run([sys.executable, "scripts/evaluate.py", "env=reach", "episodes=10", "seed=1000",
+    result = subprocess.run([sys.executable, "scripts/evaluate.py", "env=reach", "episodes=20", "seed=1000",
                              "num_envs=10", "max_videos=0", f"output_dir={out}"], cwd=ROOT, env=script_env(),
                             capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     info = json.loads((out / "eval_info.json").read_text())
     episodes = info["per_episode"]
-    assert [e["seed"] for e in episodes] == list(range(1000, 1010))
+    assert [e["seed"] for e in episodes] == list(range(1000, 1020))
     assert all(e["success"] is not None and np.isfinite(e["final_distance"]) for e in episodes)
-    assert info["aggregated"]["pc_success"] >= 80, info["aggregated"]  # issue #6's regression bar
+    # Issue #6's regression bar. 20 of the reported seeds (18/20 measured), not 10 (8/10), so that one
+    # episode flipping on another CPU's float rounding does not decide the test.
+    assert info["aggregated"]["pc_success"] >= 80, info["aggregated"]
