@@ -83,7 +83,7 @@ def test_camera_projection_lands_on_the_rendered_fingertip():
     renderer = mujoco.Renderer(base.model, 128, 128)
     renderer.enable_segmentation_rendering()
     project = CameraProjection.from_env(env)
-    fingertip = base.model.geom("fingertip").id
+    fingertip = base.model.geom("fingertip_visual").id  # the drawn sphere (the collision one hides inside it)
     for seed in range(3):
         env.reset(seed=seed)
         renderer.update_scene(base.data, camera=base.camera)
