@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 POLICIES = ("expert", "random")
 CAMERA = "main"
 # conf/env/<name>.yaml keys that describe an env rather than configure it.
-ENV_DESCRIPTION_KEYS = ("name", "max_episode_steps", "action_dim", "state_dim", "success_threshold")
+ENV_DESCRIPTION_KEYS = ("name", "max_episode_steps", "action_dim", "state_dim", "success_threshold", "goal_readout_dims")
 
 
 @dataclass
