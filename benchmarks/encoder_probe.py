@@ -13,6 +13,9 @@ on the held-out episodes (the last ``--test-episodes`` by index; the readout tra
                every encoder.
   erank        effective rank of held-out full-grid tokens (rows: tokens, max D) and of held-out
                frames (rows: frames, flattened pooled latents).
+  SIGReg       the pretraining regulariser's statistic (default SIGRegConfig, fixed directions) on
+               2400 random held-out full-grid tokens, about the batch of one pretraining step;
+               ~1.05 for Gaussian tokens, O(N) for collapsed ones.
 
     python benchmarks/encoder_probe.py --encoders random:micro outputs/r4/pretrain/checkpoints/last \\
         outputs/sigreg_0.05/checkpoints/last --data outputs/r4/data
@@ -29,6 +32,7 @@ from jepa_world.data.feature_cache import FeatureCache, load_or_build_feature_ca
 from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.probe import effective_rank
 from jepa_world.training.posttrain import load_encoder
+from jepa_world.training.sigreg import SIGReg, SIGRegConfig, step_generator
 from jepa_world.world_model import WorldModel, WorldModelConfig
 
 log = logging.getLogger("encoder_probe")
@@ -124,6 +128,8 @@ def probe(spec: str, args: argparse.Namespace) -> dict[str, float]:
     log.info("%s: readout trained in %.0f s", spec, time.perf_counter() - started)
     test_tokens = full.latents[test_rows].float()  # (F, N, D)
     token_rows = test_tokens.flatten(0, 1)[torch.randperm(test_tokens.shape[0] * test_tokens.shape[1], generator=generator)[:20000]]
+    sigreg = SIGReg(SIGRegConfig())
+    directions = sigreg.sample_directions(token_rows.shape[1], step_generator(args.seed, 0))
     return {
         "step L1": step,
         "step/pair": step_ratio,
@@ -131,6 +137,7 @@ def probe(spec: str, args: argparse.Namespace) -> dict[str, float]:
         "readout p90 cm": p90,
         "erank tokens": effective_rank(token_rows),
         "erank frames": effective_rank(pooled.latents[test_rows].float().flatten(1)),
+        "SIGReg": sigreg(token_rows[:2400], directions).item(),
     }
 
 
