@@ -11,7 +11,7 @@ import torch
 from jepa_world.training import checkpoint as ckpt
 from jepa_world.training.pretrain import ConfigError, pretrain
 from jepa_world.training.run import read_metrics
-from jepa_world.training.sigreg import SIGReg, SIGRegConfig, SIGRegConfigError, step_generator
+from jepa_world.training.sigreg import SIGReg, SIGRegConfig, SIGRegConfigError, frame_means, step_generator
 from tests.test_pretrain_script import tiny_config
 
 
@@ -113,11 +113,20 @@ def test_directions_are_unit_and_reproducible_per_step(sigreg):
         ({"num_directions": 0}, r"sigreg.num_directions=0: expected an integer >= 1"),
         ({"num_knots": 1}, r"sigreg.num_knots=1: expected an integer >= 2"),
         ({"t_max": 0.0}, r"sigreg.t_max=0.0: expected a finite number > 0"),
+        ({"samples": "clips"}, r"sigreg.samples='clips': expected one of \('tokens', 'frames'\)"),
     ],
 )
 def test_bad_config_values_are_named(fields, message):
     with pytest.raises(SIGRegConfigError, match=message):
         SIGRegConfig(**fields)
+
+
+def test_frame_means_average_the_present_tokens_of_each_clip_and_time_slice():
+    tokens = torch.randn(3, 7, 5, generator=torch.Generator().manual_seed(4))  # (B, K, D)
+    ids = torch.stack([torch.randperm(12, generator=torch.Generator().manual_seed(b))[:7] for b in range(3)])  # 4 tokens x 3 frames
+    means = frame_means(tokens, ids, tokens_per_frame=4, num_frames=3)
+    expected = [tokens[b, ids[b] // 4 == t].mean(0) for b in range(3) for t in range(3) if (ids[b] // 4 == t).any()]
+    torch.testing.assert_close(means, torch.stack(expected))
 
 
 def test_bad_shapes_are_named(sigreg):
@@ -159,3 +168,9 @@ def test_pretrain_with_sigreg_logs_it_and_resumes_exactly(tmp_path):
     assert "loss_sigreg" not in read_metrics(tmp_path / "plain" / "metrics.jsonl")[-1]
     sigreg_two = pretrain(tiny_config(tmp_path / "two", "max_steps=2", "sigreg.weight=0.1", "sigreg.num_directions=32"))
     assert not torch.equal(plain.encoder.blocks[0].attn.qkv.weight, sigreg_two.encoder.blocks[0].attn.qkv.weight)
+    # per-frame samples: 4 clips x 2 time slices instead of every context token, so a smaller statistic
+    frames = pretrain(tiny_config(tmp_path / "frames", "max_steps=2", "sigreg.weight=0.1", "sigreg.num_directions=32", "sigreg.samples=frames"))
+    frame_records = read_metrics(tmp_path / "frames" / "metrics.jsonl")
+    token_records = read_metrics(tmp_path / "two" / "metrics.jsonl")
+    assert 0 < frame_records[0]["loss_sigreg"] < token_records[0]["loss_sigreg"]
+    assert not torch.equal(frames.encoder.blocks[0].attn.qkv.weight, sigreg_two.encoder.blocks[0].attn.qkv.weight)

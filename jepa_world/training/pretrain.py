@@ -8,8 +8,9 @@ One step:
   3. loss = mean over generators of L1 (or smooth-L1) between predictions and the
      targets gathered at the target ids;
   4. optional SIGReg (``sigreg.weight > 0``): the online encoder's context tokens of each
-     mask, flattened to (B*Nc, D), are pushed toward an isotropic Gaussian, against
-     partial collapse; directions are seeded by (seed, step);
+     mask, flattened to (B*Nc, D) (or averaged per clip and time slice with
+     ``sigreg.samples=frames``), are pushed toward an isotropic Gaussian, against partial
+     collapse; directions are seeded by (seed, step);
   5. AdamW step (scheduled LR/WD, optional clipping), then the EMA update.
 
 Exact resume: the sampler permutation is seeded by (seed, epoch) and can start
@@ -56,7 +57,7 @@ from jepa_world.training.run import (
     restore_rng_state,
     seed_everything,
 )
-from jepa_world.training.sigreg import SIGReg, SIGRegConfig, SIGRegConfigError, step_generator
+from jepa_world.training.sigreg import SIGReg, SIGRegConfig, SIGRegConfigError, frame_means, step_generator
 
 log = logging.getLogger(__name__)
 
@@ -167,10 +168,10 @@ def sigreg_config(cfg: Mapping[str, Any]) -> SIGRegConfig:
     """The optional ``sigreg`` section (absent: off, as in runs from before the option existed)."""
     section = cfg.get("sigreg") or {}
     if not isinstance(section, Mapping):
-        raise ConfigError(f"sigreg={section!r}: expected a mapping with weight, num_directions, num_knots, t_max")
+        raise ConfigError(f"sigreg={section!r}: expected a mapping with weight, num_directions, num_knots, t_max, samples")
     unknown = sorted(set(section) - {f.name for f in fields(SIGRegConfig)})
     if unknown:
-        raise ConfigError(f"sigreg: unknown keys {unknown}; expected weight, num_directions, num_knots, t_max")
+        raise ConfigError(f"sigreg: unknown keys {unknown}; expected weight, num_directions, num_knots, t_max, samples")
     try:
         return SIGRegConfig(**section)
     except SIGRegConfigError as err:
@@ -316,7 +317,11 @@ class JEPA(nn.Module):
         for mask_index, (context_ids, target_ids) in enumerate(masks):
             context = self.encoder(clips, masks=context_ids)  # (B, Nc, D)
             if sigreg_directions is not None and self.sigreg is not None:
-                sigregs.append(self.sigreg(context.flatten(0, 1), sigreg_directions))  # over (B*Nc, D)
+                if self.sigreg.config.samples == "frames":
+                    samples = frame_means(context, context_ids, grid[1] * grid[2], grid[0])  # (B*t, D)
+                else:
+                    samples = context.flatten(0, 1)  # (B*Nc, D)
+                sigregs.append(self.sigreg(samples, sigreg_directions))
             predicted = self.predictor(context, context_ids, target_ids, grid, mask_index=mask_index)  # (B, Nt, D)
             target = gather_tokens(targets, target_ids)  # (B, Nt, D)
             if self.loss == "l1":

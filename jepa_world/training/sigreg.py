@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+SAMPLES: tuple[str, ...] = ("tokens", "frames")
 # Mixed into the per-step seed so SIGReg directions never share a stream with masks or data order.
 SIGREG_STREAM = 0x51C4E6
 
@@ -40,6 +41,9 @@ class SIGRegConfig:
     num_directions: int = 256  # random unit directions (slices) per call
     num_knots: int = 17  # trapezoid grid points on [0, t_max]
     t_max: float = 3.0  # integration range [-t_max, t_max] of the characteristic function
+    # What one sample is, in pretraining: every context token, or the mean context token of each
+    # (clip, tubelet time) (one embedding per frame across the batch, as LeWorldModel regularises).
+    samples: str = "tokens"
 
     def __post_init__(self) -> None:
         if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not (math.isfinite(self.weight) and self.weight >= 0):
@@ -50,6 +54,8 @@ class SIGRegConfig:
                 raise SIGRegConfigError(f"sigreg.{name}={value!r}: expected an integer >= {minimum}")
         if isinstance(self.t_max, bool) or not isinstance(self.t_max, (int, float)) or not (math.isfinite(self.t_max) and self.t_max > 0):
             raise SIGRegConfigError(f"sigreg.t_max={self.t_max!r}: expected a finite number > 0")
+        if self.samples not in SAMPLES:
+            raise SIGRegConfigError(f"sigreg.samples={self.samples!r}: expected one of {SAMPLES}")
 
     @property
     def enabled(self) -> bool:
@@ -60,6 +66,20 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     """A CPU generator seeded by (seed, step): the directions of a step survive a resume unchanged."""
     state = int(np.random.SeedSequence([seed, step, SIGREG_STREAM]).generate_state(1)[0])
     return torch.Generator().manual_seed(state)
+
+
+def frame_means(tokens: Tensor, token_ids: Tensor, tokens_per_frame: int, num_frames: int) -> Tensor:
+    """Mean token per (clip, time slice) over the tokens present: (B, K, D), ids (B, K) -> (F, D).
+
+    Token ids are time-major (``id = t * tokens_per_frame + spatial``); time slices without any
+    token are dropped. No Python loop: one scatter-add over the batch.
+    """
+    batch, _, dim = tokens.shape
+    time = torch.div(token_ids, tokens_per_frame, rounding_mode="floor")  # (B, K)
+    sums = tokens.new_zeros(batch, num_frames, dim).scatter_add(1, time.unsqueeze(-1).expand(-1, -1, dim), tokens)
+    counts = torch.zeros(batch, num_frames, device=tokens.device).scatter_add(1, time, torch.ones_like(time, dtype=torch.float32))
+    present = counts > 0  # (B, T)
+    return (sums / counts.clamp_min(1).unsqueeze(-1).to(sums.dtype))[present]  # (F, D)
 
 
 class EmpiricalCharacteristicFunction(torch.autograd.Function):
