@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from jepa_world.data.collection import CollectConfig, collect
+from jepa_world.data.feature_cache import load_or_build_feature_cache
 from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.models.vit import build_encoder
 from jepa_world.training.posttrain import PosttrainConfig, run_posttrain
@@ -139,8 +140,6 @@ def test_posttrain_learns_a_readout_better_than_the_mean_and_resumes_exactly(rea
     # Held-out frames: the readout must beat always answering the training mean by a wide margin.
     wm = WorldModel.from_pretrained(tmp_path / "run" / "checkpoints" / "last")
     mean_ee = torch.tensor(wm.state_readout.config.mean)
-    from jepa_world.data.feature_cache import load_or_build_feature_cache
-
     cache = load_or_build_feature_cache(wm.readout_view(), reach_data, cache_root=tmp_path / "features")
     mean_error = (cache.states[:, :3] - mean_ee).norm(dim=-1).median().item()
     assert final["readout_err_median"] < 0.6 * mean_error, (final["readout_err_median"], mean_error)
