@@ -135,8 +135,7 @@ class MPCAgent:
             self._goal_z = self.encode(pixels)
         self._goal_readout = None
         if self.objective.readout_weight > 0:
-            frames = torch.as_tensor(pixels, device=self.device).permute(0, 3, 1, 2)
-            self._goal_readout = self.world_model.decode_state(frames)  # (E, K), once per goal
+            self._goal_readout = self.world_model.decode_state(torch.as_tensor(pixels, device=self.device))  # (E, K)
         self._goal_state = None if goal_state is None else torch.as_tensor(
             np.asarray(goal_state, dtype=np.float32), device=self.device).reshape(pixels.shape[0], -1)
         self.last_plan, self.last_result = None, None

@@ -152,8 +152,8 @@ def build_cost_fn(
             expected = None if state0 is None else tuple(state0[:, -1].shape)
             got = None if goal_state is None else tuple(goal_state.shape)
             raise ValueError(f"proprio_weight > 0 needs state0 and a goal_state of the same shape, got {expected} and {got}")
-    readout_dims = list(world_model.state_readout.config.state_dims) if config.readout_weight > 0 else []
     if config.readout_weight > 0:
+        readout_dims = list(world_model.state_readout.config.state_dims)
         if state0 is None:
             raise ValueError("readout_weight > 0 needs the observed proprio state (state0) of each env")
         if goal_readout is None or goal_readout.shape != (E, len(readout_dims)):

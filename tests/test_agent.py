@@ -14,14 +14,7 @@ from jepa_world.world_model import WorldModel, WorldModelConfig
 
 SIZE = 16
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny models: a 2-thread torch pool mostly spins on the shared 2-core box."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def render_point(xy: np.ndarray) -> np.ndarray:

@@ -20,12 +20,7 @@ from planners.agent import MPCAgent
 from planners.objectives import DEFAULT_READOUT_WEIGHT, ObjectiveConfig, build_cost_fn
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def world_model(readout: bool = True, state_dim: int = 0, seed: int = 0) -> WorldModel:
