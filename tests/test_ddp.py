@@ -43,6 +43,7 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 def run_ranks(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, dict, dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     out = tmp_path / "run"
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(tiny_config(out, "max_steps=3", "checkpoint_every=3", *overrides)))
@@ -93,22 +94,26 @@ def test_script_under_torchrun_exits_cleanly(tmp_path):
 
 
 @pytest.mark.slow
-def test_fsdp2_builds_and_trains_on_two_gloo_processes(tmp_path):
-    result, rank0, rank1 = run_ranks(tmp_path, "strategy=fsdp2")
-    for key in rank0:
-        assert torch.equal(rank0[key], rank1[key]), f"{key} differs between ranks"
-    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
-    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in records)
+def test_fsdp2_trains_exactly_like_ddp(tmp_path):
+    """Sharding changes where parameters live, not the maths: FSDP2 must match DDP step for step.
+
+    This caught a real bug: FSDP2 keeps a root module's parameters gathered after forward (for the
+    backward that follows), but the EMA target never runs backward, so its patch embedding and
+    final norm stayed at a stale gathered copy while the EMA updated the shards."""
+    _, fsdp_rank0, fsdp_rank1 = run_ranks(tmp_path / "fsdp2", "strategy=fsdp2")
+    _, ddp_rank0, _ = run_ranks(tmp_path / "ddp", "strategy=ddp")
+    for key in fsdp_rank0:
+        assert torch.equal(fsdp_rank0[key], fsdp_rank1[key]), f"{key} differs between ranks"
+        torch.testing.assert_close(fsdp_rank0[key], ddp_rank0[key], rtol=0, atol=1e-6, msg=f"{key}: FSDP2 differs from DDP")
+    fsdp_losses = [r["loss"] for r in read_metrics(tmp_path / "fsdp2" / "run" / "metrics.jsonl")]
+    ddp_losses = [r["loss"] for r in read_metrics(tmp_path / "ddp" / "run" / "metrics.jsonl")]
+    assert fsdp_losses == pytest.approx(ddp_losses, abs=1e-6)
 
 
 @pytest.mark.slow
-def test_fsdp2_checkpoint_resumes(tmp_path):
-    """FSDP2 saves full tensors + a full optimizer state dict and re-shards them on resume.
-
-    Unlike single-process/DDP resume (exact to 1e-6), FSDP2 resume on gloo is close but not
-    bit-exact: measured, the step-3 loss differs by 2e-4 and weights by up to 1.5e-3 after
-    4 steps at lr 1e-3. The cause is not yet found; the tolerance below records it.
-    """
+def test_fsdp2_checkpoint_resumes_exactly(tmp_path):
+    """FSDP2 saves full tensors + a full optimizer state dict and re-shards them on resume;
+    2 steps + resume + 2 steps must equal 4 straight steps, as for DDP."""
     config_runs = {
         "straight": ["max_steps=4"],
         "split": ["max_steps=4", "stop_at_step=2"],
@@ -129,4 +134,4 @@ def test_fsdp2_checkpoint_resumes(tmp_path):
     assert ckpt.read_train_state(tmp_path / "split" / "checkpoints" / "last")["step"] == 4
     assert [r["step"] for r in read_metrics(tmp_path / "split" / "metrics.jsonl")] == [1, 2, 3, 4]
     for key in straight:
-        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-2, msg=f"{key} differs after FSDP2 resume")
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=1e-6, msg=f"{key} differs after FSDP2 resume")

@@ -82,8 +82,14 @@ def wrap_ddp(module: nn.Module, info: DistInfo) -> nn.Module:
     return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
-def apply_fsdp2(module: nn.Module, info: DistInfo, block_lists: list[nn.ModuleList]) -> nn.Module:
-    """Shard each transformer block, then the root (FSDP2 ``fully_shard``), over all ranks."""
+def apply_fsdp2(module: nn.Module, info: DistInfo, block_lists: list[nn.ModuleList], forward_only: bool = False) -> nn.Module:
+    """Shard each transformer block, then the root (FSDP2 ``fully_shard``), over all ranks.
+
+    ``forward_only``: the module never runs backward (the EMA target encoder). FSDP2 keeps a root's
+    parameters gathered after forward, expecting backward to free them; without backward they
+    would stay gathered, and the next forward would reuse that stale copy instead of the
+    EMA-updated shards. So the root of a forward-only module reshards after every forward.
+    """
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -91,7 +97,7 @@ def apply_fsdp2(module: nn.Module, info: DistInfo, block_lists: list[nn.ModuleLi
     for blocks in block_lists:
         for block in blocks:
             fully_shard(block, mesh=mesh)
-    fully_shard(module, mesh=mesh)
+    fully_shard(module, mesh=mesh, reshard_after_forward=True if forward_only else None)
     return module
 
 

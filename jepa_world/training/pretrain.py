@@ -407,7 +407,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     sharded = info.is_distributed and run.strategy == "fsdp2"
     if sharded:
         apply_fsdp2(jepa, info, [jepa.encoder.blocks, jepa.predictor.predictor_blocks])
-        apply_fsdp2(target_encoder, info, [target_encoder.blocks])
+        apply_fsdp2(target_encoder, info, [target_encoder.blocks], forward_only=True)
     optimizer = build_optimizer(jepa, optim_cfg)  # after sharding: FSDP2 swaps parameters for DTensor shards
     if train_state is not None:
         _load_optimizer_state(optimizer, jepa, train_state["optimizer"], sharded, last_dir)
