@@ -140,3 +140,65 @@ def test_language_goal_errors_are_named(trained, tmp_path):
     cfg = script_cfg("plan", trained, "goal=text:move left", "max_steps=1", f"model_dir={tmp_path / 'wm'}")
     with pytest.raises(ValueError, match=r"trained on latents with grid \(4, 4\).*gives grid \(2, 2\)"):
         plan_language_episode(cfg)
+
+
+def test_goal_memory_locates_the_mean_of_the_closest_frames_and_round_trips(tmp_path):
+    from jepa_world.language.goal_memory import MEMORY_FILE, GoalMemory
+
+    embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
+    positions = torch.tensor([[1.0, 0.0, 0.0], [3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 4.0, 0.0]])
+    memory = GoalMemory(embeddings, positions)
+    located = memory.locate(torch.tensor([[2.0, 0.1], [0.0, 5.0]]), top_k=2)
+    torch.testing.assert_close(located, torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0]]))
+    assert GoalMemory.load(tmp_path) is None  # heads trained before the memory existed
+    memory.save(tmp_path)
+    reloaded = GoalMemory.load(tmp_path)
+    torch.testing.assert_close(reloaded.locate(torch.tensor([[0.0, 1.0]]), 1), torch.tensor([[0.0, 2.0, 0.0]]))
+    with pytest.raises(ValueError, match=r"top_k=5 must be in \[1, 4\]"):
+        memory.locate(torch.tensor([[1.0, 0.0]]), top_k=5)
+    with pytest.raises(ValueError, match=r"text embeddings must be \(E, 2\)"):
+        memory.locate(torch.zeros(1, 3), top_k=1)
+    assert (tmp_path / MEMORY_FILE).is_file() and not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_goal_memory_term_pulls_plans_toward_the_grounded_position(trained):
+    from jepa_world.language.goal_memory import GoalMemory
+    from jepa_world.language.objective import LanguageGoalAgent
+
+    world_model = WorldModel.from_pretrained(trained / "wm")
+    head, meta = load_language_head(trained / "head/language_head")
+    memory = GoalMemory.load(trained / "head/language_head")
+    assert memory is not None and len(memory) == 4 * 16  # every frame of the 4 training episodes
+    text = load_text_encoder()
+    sentence = "bring the fingertip over to the upper left"
+    agent_kwargs = dict(horizon=2, action_low=-0.05 * torch.ones(3), action_high=0.05 * torch.ones(3))
+    planner = make_planner("cem", samples=64, elites=8, iterations=6)
+    agent = LanguageGoalAgent(world_model, planner, head, meta, text, lambda n: [sentence] * n, memory=memory,
+                              position_weight=1.0, top_k=4, **agent_kwargs)
+    z0, s0 = _context(world_model)
+    import envs
+
+    env = envs.make("reach", image_size=64)
+    obs, _ = env.reset(seed=3)
+    env.close()
+    agent.reset(obs["pixels"][None])
+    goal = agent.goal_positions[0]
+    torch.testing.assert_close(goal, memory.locate(text.encode([sentence]), 4)[0])
+    cost_fn = agent.build_cost(z0, s0, None)
+    shared_only = build_language_cost_fn(world_model, head, meta.grid_hw, z0, s0, text.encode([sentence]),
+                                         text.encode([C.query("arm")]))
+    direction = torch.nn.functional.normalize(goal - s0[0, :3], dim=0)
+    toward, away = (0.05 * direction).expand(1, 1, 2, 3), (-0.05 * direction).expand(1, 1, 2, 3)
+    with torch.no_grad():
+        for actions in (toward, away):
+            reached = s0[0, :3] + actions[0, 0].sum(0)
+            expected = shared_only(actions) + (reached - goal).norm()
+            torch.testing.assert_close(cost_fn(actions), expected, atol=1e-5, rtol=0)
+        assert cost_fn(toward) < cost_fn(away)
+    with pytest.raises(ValueError, match="language_position_weight=1.0 needs the head's goal memory"):
+        LanguageGoalAgent(world_model, planner, head, meta, text, lambda n: [sentence] * n, memory=None,
+                          position_weight=1.0, **agent_kwargs)
+    with pytest.raises(ValueError, match=r"language_top_k=999 must be in \[1, 64\]"):
+        LanguageGoalAgent(world_model, planner, head, meta, text, lambda n: [sentence] * n, memory=memory,
+                          position_weight=1.0, top_k=999, **agent_kwargs)

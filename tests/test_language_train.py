@@ -58,6 +58,30 @@ def test_heldout_retrieval_is_well_above_chance(trained):
 
 
 @pytest.mark.slow
+def test_goal_memory_grounds_heldout_paraphrases_in_their_region(trained):
+    """Training writes the goal memory (every training frame's shared-space embedding and observed
+    end effector); a held-out paraphrase retrieves frames whose mean position lies in its region."""
+    import envs
+    from jepa_world.language.goal_memory import GoalMemory
+    from jepa_world.language.objective import GoalRegions
+
+    cfg, _, out = trained
+    memory = GoalMemory.load(out / "language_head")
+    assert len(memory) == cfg.data.train_episodes * cfg.data.steps
+    env = envs.make("reach", image_size=64)
+    env.reset(seed=0)
+    regions = GoalRegions(env)
+    env.close()
+    text = load_text_encoder()
+    sentences = [(C.caption("arm", region, "heldout", template), region)
+                 for region in range(len(C.REGIONS)) for template in range(len(C.templates("arm", "heldout")))]
+    located = memory.locate(text.encode([sentence for sentence, _ in sentences]), top_k=16)
+    grounded = [regions.region_of(position.numpy()) == region for position, (_, region) in zip(located, sentences)]
+    print(f"goal memory grounds {sum(grounded)}/{len(grounded)} held-out paraphrases in their region")
+    assert sum(grounded) >= 0.5 * len(grounded)  # chance: 1/9
+
+
+@pytest.mark.slow
 def test_selective_decoding_splits_a_region_tour_at_region_changes(trained):
     cfg, _, out = trained
     head, meta = load_language_head(out / "language_head")

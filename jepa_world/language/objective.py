@@ -2,7 +2,10 @@
 
 The energy of an action sequence is ``1 - cos(head(z_H), text(goal))``: the language head
 embeds the world model's predicted last-frame latents into the shared space, where the
-frozen text encoder embeds the goal sentence (VL-JEPA's shared space). Everything else
+frozen text encoder embeds the goal sentence (VL-JEPA's shared space). When the head has a
+goal memory (``goal_memory.py``) and ``language_position_weight > 0``, the sentence also
+retrieves the experienced frames that match it best, and the energy adds the distance from
+where the plan leaves the end effector to their mean position. Everything else
 (planners, warm start, KV-cached rollouts, context frames) is the image-goal MPC path:
 ``LanguageGoalAgent`` only replaces ``MPCAgent.build_cost``.
 
@@ -27,17 +30,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jepa_world.language import captions as C
-from jepa_world.language.data import TablePositions
+from jepa_world.language.data import EE_STATE_SLICE, TablePositions
+from jepa_world.language.goal_memory import GoalMemory
 from jepa_world.language.head import LanguageHead
 from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
 from jepa_world.language.train import HeadMeta, load_language_head
 from planners.agent import MPCAgent
 from planners.base import CostFn
-from planners.objectives import ObjectiveConfig
+from planners.objectives import ObjectiveConfig, uses_states
 
 log = logging.getLogger(__name__)
 
 TEXT_GOAL_PREFIX = "text:"
+DEFAULT_POSITION_WEIGHT = 1.0  # as the image-goal readout term (planners.objectives.DEFAULT_READOUT_WEIGHT)
+DEFAULT_TOP_K = 16
 GoalTexts = Callable[[int], list[str]]  # number of envs -> one goal sentence per env
 
 
@@ -94,19 +100,35 @@ class LanguageGoalAgent(MPCAgent):
 
     ``reset`` still takes the goal images ``run_episodes`` passes (they only size the batch and
     appear in videos); the cost never sees them.
+
+    ``memory``/``position_weight``/``top_k``: the goal-memory term (module doc); the plan's end
+    effector is the observed one plus the summed displacement actions, as for image goals.
     """
 
     def __init__(self, world_model, planner, head: LanguageHead, meta: HeadMeta, text: TextEncoder,
-                 goal_texts: GoalTexts, **agent_kwargs: Any):
+                 goal_texts: GoalTexts, memory: GoalMemory | None = None, position_weight: float = 0.0,
+                 top_k: int = DEFAULT_TOP_K, **agent_kwargs: Any):
         # The goal is the sentence: the state readout must never decode the goal image passed to reset.
         agent_kwargs["objective"] = replace(agent_kwargs.get("objective") or ObjectiveConfig(), readout_weight=0.0)
         super().__init__(world_model, planner, **agent_kwargs)
         check_head_matches(head, meta, world_model)
+        if position_weight < 0:
+            raise ValueError(f"language_position_weight must be >= 0, got {position_weight}")
+        if position_weight > 0 and memory is None:
+            raise ValueError(f"language_position_weight={position_weight} needs the head's goal memory "
+                             "(goal_memory.safetensors, written by scripts/train_language.py); retrain the head or set it to 0")
         self.head = head.to(self.device).eval().requires_grad_(False)
         self.meta, self.text, self.goal_texts = meta, text, goal_texts
         self.query = text.encode([C.query("arm")]).to(self.device) if meta.use_query else None
+        self.memory = memory if position_weight > 0 else None
+        self.position_weight, self.top_k = float(position_weight), int(top_k)
+        if self.memory is not None:
+            if not 1 <= self.top_k <= len(self.memory):
+                raise ValueError(f"language_top_k={top_k} must be in [1, {len(self.memory)}] (frames in the goal memory)")
+            self.uses_states = True  # the term starts from the observed end effector
         self.current_texts: list[str] = []
         self._text_goal: Tensor | None = None
+        self.goal_positions: Tensor | None = None  # (E, 3) where the memory grounds each sentence
 
     def reset(self, goal_image, goal_state=None, seeds=None) -> None:
         super().reset(goal_image, goal_state=goal_state, seeds=seeds)
@@ -115,10 +137,23 @@ class LanguageGoalAgent(MPCAgent):
             raise ValueError(f"goal_texts gave {len(texts)} sentences for {self.num_envs} envs")
         self.current_texts = texts
         self._text_goal = self.text.encode(texts).to(self.device)  # (E, Et); empty text raises here
+        if self.memory is not None:
+            self.goal_positions = self.memory.locate(self._text_goal, self.top_k).to(self.device)
 
     def build_cost(self, z0: Tensor, state0: Tensor | None, context_actions: Tensor | None) -> CostFn:
-        return build_language_cost_fn(self.world_model, self.head, self.meta.grid_hw, z0, state0, self._text_goal,
-                                      self.query, context_actions)
+        rollout_state0 = state0 if uses_states(self.world_model) else None
+        shared_space = build_language_cost_fn(self.world_model, self.head, self.meta.grid_hw, z0, rollout_state0,
+                                              self._text_goal, self.query, context_actions)
+        if self.memory is None:
+            return shared_space
+        start = (state0[:, -1] if state0.ndim == 3 else state0)[:, EE_STATE_SLICE][:, None]  # (E, 1, 3) observed now
+        goal, weight = self.goal_positions[:, None], self.position_weight  # (E, 1, 3)
+
+        def cost_fn(actions: Tensor) -> Tensor:
+            reached = start + actions.sum(dim=2)[..., : start.shape[-1]]  # (E, S, 3) displacement actions
+            return shared_space(actions) + weight * (reached - goal).norm(dim=-1)
+
+        return cost_fn
 
 
 def check_head_matches(head: LanguageHead, meta: HeadMeta, world_model) -> None:
@@ -154,23 +189,33 @@ class GoalRegions:
         return self.region_of(base.ee_position()) == region
 
 
-def _load_head(cfg: dict[str, Any], world_model) -> tuple[LanguageHead, HeadMeta, TextEncoder]:
+def _load_head(cfg: dict[str, Any], world_model) -> tuple[LanguageHead, HeadMeta, TextEncoder, GoalMemory | None]:
     head_dir = cfg.get("language_head")
     if not head_dir:
         raise ValueError("a language goal needs language_head=<dir> (the language_head/ folder written by "
                          "scripts/train_language.py)")
     head, meta = load_language_head(head_dir)
     check_head_matches(head, meta, world_model)
-    return head, meta, load_text_encoder(meta.text_encoder)
+    return head, meta, load_text_encoder(meta.text_encoder), GoalMemory.load(head_dir)
+
+
+def resolve_position_weight(weight: float | None, memory: GoalMemory | None) -> float:
+    """None: the goal-memory term is on (``DEFAULT_POSITION_WEIGHT``) when the head has a memory."""
+    if weight is None:
+        return DEFAULT_POSITION_WEIGHT if memory is not None else 0.0
+    return float(weight)
 
 
 def build_language_agent(cfg: dict[str, Any], world_model, env, goal_texts: GoalTexts) -> LanguageGoalAgent:
     from jepa_world import evaluation as ev
 
-    head, meta, text = _load_head(cfg, world_model)
+    head, meta, text, memory = _load_head(cfg, world_model)
     image_agent = ev.build_agent(cfg, world_model, env)  # the configured planner/horizon/objective settings
     return LanguageGoalAgent(
-        world_model, image_agent.planner, head, meta, text, goal_texts, horizon=image_agent.horizon,
+        world_model, image_agent.planner, head, meta, text, goal_texts, memory=memory,
+        position_weight=resolve_position_weight(cfg.get("language_position_weight"), memory),
+        top_k=int(cfg.get("language_top_k", DEFAULT_TOP_K)),
+        horizon=image_agent.horizon,
         replan_every=image_agent.replan_every, time_budget_s=image_agent.time_budget_s,
         action_low=env.action_space.low, action_high=env.action_space.high, objective=image_agent.objective,
         warm_start=image_agent.warm_start, seed=image_agent.seed, context_frames=image_agent.context_frames,

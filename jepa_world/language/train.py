@@ -26,11 +26,13 @@ from tqdm import tqdm
 
 from jepa_world.language import captions as C
 from jepa_world.language.data import (
+    EE_STATE_SLICE,
     encode_episodes,
     gather_latents,
     rollout_episodes,
     sample_index,
 )
+from jepa_world.language.goal_memory import GoalMemory
 from jepa_world.language.head import (
     LANGUAGE_HEAD_SIZES,
     LanguageHead,
@@ -139,6 +141,7 @@ class LatentBank:
         image_size = world_model.encoder.cfg.img_size
         episodes = rollout_episodes(cfg.env, num_episodes, d.steps, image_size, seed, d.goal_every)
         self.arm_uv = episodes.arm_uv  # (E, T, 2)
+        self.positions = episodes.states[..., EE_STATE_SLICE]  # (E, T, 3) proprio end effector
         self.latents = encode_episodes(world_model, episodes.frames)  # (E, T, N, D)
         self.clip_frames = d.clip_frames
 
@@ -148,6 +151,18 @@ class LatentBank:
     def clips(self, kind: str, episode: Tensor, step: Tensor) -> Tensor:
         frames = 1 if kind == "arm" else self.clip_frames
         return gather_latents(self.latents, episode, step, frames)  # (M, frames, N, D)
+
+
+@torch.no_grad()
+def build_goal_memory(head: LanguageHead, bank: LatentBank, text: TextEncoder, grid_hw: tuple[int, int],
+                      use_query: bool, batch_size: int = 256) -> GoalMemory:
+    """Every training frame embedded as the planner embeds a frame, with its observed end effector
+    (``goal_memory.GoalMemory``). No captions: the frames are the robot's unlabelled experience."""
+    head.eval()
+    query = query_table(text, "arm")[:1] if use_query else None  # the query LanguageGoalAgent asks
+    frames = bank.latents.flatten(0, 1)  # (E*T, N, D)
+    embeddings = torch.cat([head(frames[i : i + batch_size], grid_hw, query) for i in range(0, len(frames), batch_size)])
+    return GoalMemory(embeddings.cpu(), bank.positions.flatten(0, 1))
 
 
 @torch.no_grad()
@@ -280,6 +295,8 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
         meta = HeadMeta(asdict(head_config), cfg.text_encoder, grid_hw, cfg.data.clip_frames, tuple(cfg.kinds),
                         bool(cfg.use_query), cfg.world_model)
         save_checkpoint(out / HEAD_DIR, module_tensors({"head": head}), asdict(meta))
+        memory = build_goal_memory(head, bank, text, grid_hw, cfg.use_query)
+        log.info("goal memory: %d training frames -> %s", len(memory), memory.save(out / HEAD_DIR))
         del bank
         eval_bank = LatentBank(world_model, cfg, cfg.data.eval_seed, cfg.data.eval_episodes)
         for template_split, position_split in (("heldout", "heldout"), ("train", "train")):
