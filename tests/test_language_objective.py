@@ -172,7 +172,7 @@ def test_goal_memory_term_pulls_plans_toward_the_grounded_position(trained):
     assert memory is not None and len(memory) == 4 * 16  # every frame of the 4 training episodes
     text = load_text_encoder()
     sentence = "bring the fingertip over to the upper left"
-    agent_kwargs = dict(horizon=2, action_low=-0.05 * torch.ones(3), action_high=0.05 * torch.ones(3))
+    agent_kwargs = {"horizon": 2, "action_low": -0.05 * torch.ones(3), "action_high": 0.05 * torch.ones(3)}
     planner = make_planner("cem", samples=64, elites=8, iterations=6)
     agent = LanguageGoalAgent(world_model, planner, head, meta, text, lambda n: [sentence] * n, memory=memory,
                               position_weight=1.0, top_k=4, **agent_kwargs)
