@@ -96,6 +96,9 @@ def test_plan_script_text_goal_reports_region_success(trained):
     assert payload["goal_region"] == "upper left" and payload["success_measure"] == "region"
     assert isinstance(payload["success"], bool) and payload["final_distance"] is None
     assert payload["steps"] == 3 and len(payload["plan_ms"]) == 3
+    # the head has a goal memory, so the null weight resolved to the memory term being on
+    assert payload["settings"]["language_position_weight"] == 1.0 and payload["settings"]["language_top_k"] == 16
+    assert len(payload["goal_position"]) == 3
     assert (trained / "plan/result.json").is_file()
 
 
@@ -109,6 +112,8 @@ def test_evaluate_runs_heldout_text_goals_against_image_goals_on_the_same_seeds(
     for record in language:
         assert any(record["goal_text"] == t.format(p) for t in heldout for p in C.REGION_PHRASES[C.REGIONS.index(record["goal_region"])])
     assert [r["goal_region"] for r in language] == [r["goal_region"] for r in image]
+    assert all(len(r["goal_position"]) == 3 for r in language) and all(r["goal_position"] is None for r in image)
+    assert info["settings"]["language_position_weight"] == 1.0
     for run in (info["aggregated"], info["image_goal"]["aggregated"]):
         assert run["n_episodes"] == 3 and 0.0 <= run["pc_region_success"] <= 100.0
 

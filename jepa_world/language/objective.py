@@ -222,6 +222,19 @@ def build_language_agent(cfg: dict[str, Any], world_model, env, goal_texts: Goal
     )
 
 
+def language_settings(agent: LanguageGoalAgent) -> dict[str, Any]:
+    """The goal-memory settings as resolved (a null weight made concrete), for JSON reports."""
+    return {"language_position_weight": agent.position_weight,
+            "language_top_k": agent.top_k if agent.memory is not None else None}
+
+
+def _grounded(agent: LanguageGoalAgent, env_index: int) -> list[float] | None:
+    """Where the goal memory grounded env ``env_index``'s sentence (None without the memory term)."""
+    if agent.goal_positions is None:
+        return None
+    return [round(float(v), 4) for v in agent.goal_positions[env_index]]
+
+
 def parse_text_goal(goal: str) -> str:
     text = goal[len(TEXT_GOAL_PREFIX):].strip()
     if not text:
@@ -250,14 +263,15 @@ def plan_language_episode(cfg: dict[str, Any]) -> dict[str, Any]:
     out = os.path.abspath(cfg["output_dir"])
     video = str(ev.write_video(os.path.join(out, "episode.mp4"), frames, fps=int(cfg["fps"]))) if frames else None
     result.success, result.final_distance = success, None  # the env's own image goal is not this goal
-    payload = ev.plan_result(result, video, ev.run_settings(cfg, agent))
-    payload.update(goal_text=text, goal_region=None if region is None else C.REGIONS[region], success_measure="region")
+    payload = ev.plan_result(result, video, {**ev.run_settings(cfg, agent), **language_settings(agent)})
+    payload.update(goal_text=text, goal_region=None if region is None else C.REGIONS[region], success_measure="region",
+                   goal_position=_grounded(agent, 0))
     ev.write_json(os.path.join(out, "result.json"), payload)
     return payload
 
 
-def _run_goal_mode(cfg, world_model, envs, seeds, language: bool) -> list[dict[str, Any]]:
-    """Episodes over ``seeds`` with text (held-out paraphrases) or image goals; per-episode records."""
+def _run_goal_mode(cfg, world_model, envs, seeds, language: bool) -> tuple[list[dict[str, Any]], MPCAgent]:
+    """Episodes over ``seeds`` with text (held-out paraphrases) or image goals; per-episode records and the agent."""
     from jepa_world import evaluation as ev
 
     regions = GoalRegions(envs[0])
@@ -281,9 +295,10 @@ def _run_goal_mode(cfg, world_model, envs, seeds, language: bool) -> list[dict[s
                 "region_success": regions.region_success(env, goal_region),
                 "final_distance": res.final_distance, "goal_region": C.REGIONS[goal_region],
                 "goal_text": agent.current_texts[ix - first] if language else None,
+                "goal_position": _grounded(agent, ix - first) if language else None,
                 "plan_ms_median": res.plan_ms_median,
             })
-    return records
+    return records, agent
 
 
 def _aggregate(records: list[dict[str, Any]], eval_s: float) -> dict[str, Any]:
@@ -315,12 +330,13 @@ def evaluate_language_goals(cfg: dict[str, Any]) -> dict[str, Any]:
     info: dict[str, Any] = {}
     try:
         start = time.perf_counter()
-        language = _run_goal_mode(cfg, world_model, envs, seeds, language=True)
+        language, language_agent = _run_goal_mode(cfg, world_model, envs, seeds, language=True)
         info = {"per_episode": language, "aggregated": _aggregate(language, time.perf_counter() - start),
-                "goal_kind": "text", "template_split": "heldout", "settings": ev.run_settings(cfg)}
+                "goal_kind": "text", "template_split": "heldout",
+                "settings": {**ev.run_settings(cfg), **language_settings(language_agent)}}
         if cfg.get("compare_image_goals", True):
             start = time.perf_counter()
-            image = _run_goal_mode(cfg, world_model, envs, seeds, language=False)
+            image, _ = _run_goal_mode(cfg, world_model, envs, seeds, language=False)
             info["image_goal"] = {"per_episode": image, "aggregated": _aggregate(image, time.perf_counter() - start)}
     finally:
         for env in envs:
