@@ -53,7 +53,8 @@ class GoalMemory:
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / MEMORY_FILE
         tmp = path.with_suffix(".tmp")
-        save_file({"embeddings": self.embeddings.contiguous(), "positions": self.positions.contiguous()}, str(tmp))
+        # Unit vectors lose nothing that matters for ranking in fp16, and the file halves.
+        save_file({"embeddings": self.embeddings.half().contiguous(), "positions": self.positions.contiguous()}, str(tmp))
         tmp.replace(path)  # atomic: a reader never sees half a file
         return path
 

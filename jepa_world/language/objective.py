@@ -34,7 +34,7 @@ from jepa_world.language.data import EE_STATE_SLICE, TablePositions
 from jepa_world.language.goal_memory import GoalMemory
 from jepa_world.language.head import LanguageHead
 from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
-from jepa_world.language.train import HeadMeta, load_language_head
+from jepa_world.language.train import HEAD_DIR, HeadMeta, load_language_head
 from planners.agent import MPCAgent
 from planners.base import CostFn
 from planners.objectives import ObjectiveConfig, uses_states
@@ -190,10 +190,10 @@ class GoalRegions:
 
 
 def _load_head(cfg: dict[str, Any], world_model) -> tuple[LanguageHead, HeadMeta, TextEncoder, GoalMemory | None]:
-    head_dir = cfg.get("language_head")
+    head_dir = cfg.get("language_head") or _bundled_head(cfg)
     if not head_dir:
         raise ValueError("a language goal needs language_head=<dir> (the language_head/ folder written by "
-                         "scripts/train_language.py)")
+                         "scripts/train_language.py), or a world-model directory that carries one in language_head/")
     head, meta = load_language_head(head_dir)
     check_head_matches(head, meta, world_model)
     return head, meta, load_text_encoder(meta.text_encoder), GoalMemory.load(head_dir)
@@ -204,6 +204,17 @@ def resolve_position_weight(weight: float | None, memory: GoalMemory | None) -> 
     if weight is None:
         return DEFAULT_POSITION_WEIGHT if memory is not None else 0.0
     return float(weight)
+
+
+def _bundled_head(cfg: dict[str, Any]) -> str | None:
+    """``<model_dir>/language_head`` when the world model ships with a head trained on its latents."""
+    from jepa_world import evaluation as ev
+
+    bundled = ev.resolve_model_dir(str(cfg["model_dir"]), cfg["env"]["name"]) / HEAD_DIR
+    if (bundled / "config.json").is_file():
+        log.info("language head: %s (bundled with the world model)", bundled)
+        return str(bundled)
+    return None
 
 
 def build_language_agent(cfg: dict[str, Any], world_model, env, goal_texts: GoalTexts) -> LanguageGoalAgent:
