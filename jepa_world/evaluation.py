@@ -107,6 +107,7 @@ def run_episodes(
                              "an image-only goal carries no proprio")
         goal_states = np.stack(goal_states)
     agent.reset(np.stack(goals), goal_state=goal_states, seeds=[int(s) for s in seeds])
+    goal_texts = list(getattr(agent, "current_texts", None) or [None] * E)  # language-goal agents state their goals
     results = [EpisodeResult(int(ix), int(seed), None, None, 0, initial_distance=_finite_or_none(info.get("distance")))
                for ix, seed, info in zip(episode_ids, seeds, infos)]
     frames: list[list[np.ndarray]] = [[] for _ in range(E)]
@@ -121,7 +122,7 @@ def run_episodes(
         for e in np.flatnonzero(active):
             if record[e]:
                 frames[e].append(compose_frame(observations[e]["pixels"], goals[e], results[e].energies + [float(energies[e])],
-                                               results[e].steps))
+                                               results[e].steps, goal_text=goal_texts[e]))
             obs, _, terminated, truncated, info = envs[e].step(actions[e])
             observations[e], infos[e] = obs, info
             res = results[e]
@@ -269,8 +270,11 @@ def set_threads(threads: int | None) -> None:
 
 # ---------------------------------------------------------------------------- rendering
 def compose_frame(obs: np.ndarray, goal: np.ndarray, energies: list[float], step: int,
-                  scale: int = VIDEO_SCALE) -> np.ndarray:
-    """Observation | goal side by side with the step, energy and an energy sparkline underneath."""
+                  scale: int = VIDEO_SCALE, goal_text: str | None = None) -> np.ndarray:
+    """Observation | goal side by side with the step, energy and an energy sparkline underneath.
+
+    ``goal_text``: the sentence a language-goal agent plans toward; it is written under the images,
+    and the goal panel is marked as the env's own goal, which that agent never sees."""
     from PIL import Image, ImageDraw
 
     pair = np.concatenate([obs, goal], axis=1).repeat(scale, axis=0).repeat(scale, axis=1)  # (h, 2w, 3)
@@ -279,8 +283,9 @@ def compose_frame(obs: np.ndarray, goal: np.ndarray, energies: list[float], step
     canvas.paste(Image.fromarray(pair), (0, 0))
     draw = ImageDraw.Draw(canvas)
     energy = f"{energies[-1]:.4f}" if energies else "-"
-    draw.text((4, height + 2), f"step {step}  energy {energy}", fill=(255, 255, 255))
-    draw.text((width // 2 + 4, 2), "goal", fill=(255, 255, 0))
+    status = f"step {step}  energy {energy}" + (f"  goal: \"{goal_text}\"" if goal_text else "")
+    draw.text((4, height + 2), status, fill=(255, 255, 255))
+    draw.text((width // 2 + 4, 2), "env goal (unseen)" if goal_text else "goal", fill=(255, 255, 0))
     draw.text((4, 2), "observation", fill=(255, 255, 0))
     if len(energies) > 1:
         values = np.asarray(energies, dtype=np.float64)

@@ -1,6 +1,7 @@
 """Language goals in the planner: the cost, CEM on it, plan.py/evaluate.py text goals, and errors."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -114,8 +115,23 @@ def test_evaluate_runs_heldout_text_goals_against_image_goals_on_the_same_seeds(
     assert [r["goal_region"] for r in language] == [r["goal_region"] for r in image]
     assert all(len(r["goal_position"]) == 3 for r in language) and all(r["goal_position"] is None for r in image)
     assert info["settings"]["language_position_weight"] == 1.0
+    for mode, records in (("text", language), ("image", image)):  # max_videos=10 covers all 3 episodes
+        assert [Path(r["video_path"]).name for r in records] == [f"{mode}_goal_episode_{i}.mp4" for i in range(3)]
+        assert all(Path(r["video_path"]).stat().st_size > 0 for r in records)
     for run in (info["aggregated"], info["image_goal"]["aggregated"]):
         assert run["n_episodes"] == 3 and 0.0 <= run["pc_region_success"] <= 100.0
+
+
+def test_video_frames_state_the_goal_sentence():
+    from jepa_world.evaluation import compose_frame
+
+    obs, goal = np.zeros((64, 64, 3), np.uint8), np.full((64, 64, 3), 90, np.uint8)
+    plain = compose_frame(obs, goal, [0.5, 0.4], step=1)
+    captioned = compose_frame(obs, goal, [0.5, 0.4], step=1, goal_text="move the arm to the upper left")
+    assert plain.shape == captioned.shape
+    strip = slice(64 * 4, None)  # the text strip under the two images
+    changed_columns = np.flatnonzero((plain[strip] != captioned[strip]).any(axis=(0, 2)))
+    assert changed_columns.max() > 64 * 4  # the sentence runs past the step/energy text, under the goal panel
 
 
 def test_goal_regions_caption_the_env_goal():

@@ -298,8 +298,15 @@ def _run_goal_mode(cfg, world_model, envs, seeds, language: bool) -> tuple[list[
     for first in range(0, len(seeds), num_envs):
         batch = seeds[first:first + num_envs]
         batch_ids[:] = list(range(first, first + len(batch)))
-        results, _ = ev.run_episodes(envs[:len(batch)], agent, batch, int(cfg["max_steps"]), episode_ids=batch_ids)
-        for env, res, ix in zip(envs, results, batch_ids):
+        record = [ix < int(cfg.get("max_videos", 0)) for ix in batch_ids]
+        results, frames = ev.run_episodes(envs[:len(batch)], agent, batch, int(cfg["max_steps"]), episode_ids=batch_ids,
+                                          record_video=record)
+        for env, res, ix, episode_frames in zip(envs, results, batch_ids, frames):
+            video = None
+            if episode_frames:
+                name = f"{'text' if language else 'image'}_goal_episode_{ix}.mp4"
+                video = str(ev.write_video(os.path.join(os.path.abspath(cfg["output_dir"]), "videos", name), episode_frames,
+                                           fps=int(cfg.get("fps", 10))))
             goal_region = regions.region_of(env.unwrapped.goal_state()["ee"])
             records.append({
                 "episode_ix": ix, "seed": res.seed, "success": res.success,
@@ -307,7 +314,7 @@ def _run_goal_mode(cfg, world_model, envs, seeds, language: bool) -> tuple[list[
                 "final_distance": res.final_distance, "goal_region": C.REGIONS[goal_region],
                 "goal_text": agent.current_texts[ix - first] if language else None,
                 "goal_position": _grounded(agent, ix - first) if language else None,
-                "plan_ms_median": res.plan_ms_median,
+                "plan_ms_median": res.plan_ms_median, "video_path": video,
             })
     return records, agent
 
