@@ -112,6 +112,16 @@ def frame_weights(horizon: int, frames: str, discount: float, device: torch.devi
     return weights / weights.sum()
 
 
+def reached_position_distance(start: Tensor, actions: Tensor, goal: Tensor) -> Tensor:
+    """Distance from where displacement actions leave a position to a goal position.
+
+    start (E, K) observed now, actions (E, S, H, A) whose first K dims displace it, goal (E, K)
+    -> (E, S). Used by the image-goal readout term and the language goal-memory term alike.
+    """
+    reached = start[:, None] + actions.sum(dim=2)[..., : start.shape[-1]]  # (E, S, K)
+    return (reached - goal[:, None]).norm(dim=-1)
+
+
 def build_cost_fn(
     world_model,
     z0: Tensor,
@@ -160,7 +170,7 @@ def build_cost_fn(
             got = None if goal_readout is None else tuple(goal_readout.shape)
             raise ValueError(f"readout_weight > 0 needs goal_readout = world_model.decode_state(goal frames) of shape "
                              f"({E}, {len(readout_dims)}), got {got}")
-        start_readout = state0[:, -1][:, readout_dims][:, None]  # (E, 1, K) observed now
+        start_readout = state0[:, -1][:, readout_dims]  # (E, K) observed now
     # The predictor gets states only if it was trained with them; the proprio terms use them anyway.
     rollout_state0 = state0 if uses_states(world_model) else None
     if T0 == 1:  # the plain (S, N, D) / (S, Ds) form every world model accepts
@@ -203,8 +213,7 @@ def build_cost_fn(
         if config.latent_weight > 0:
             cost = cost + config.latent_weight * latent_cost(actions)
         if config.readout_weight > 0:
-            reached = start_readout + actions.sum(dim=2)[..., : len(readout_dims)]  # (E, S, K)
-            cost = cost + config.readout_weight * (reached - goal_readout[:, None]).norm(dim=-1)
+            cost = cost + config.readout_weight * reached_position_distance(start_readout, actions, goal_readout)
         if config.proprio_weight > 0:
             final_state = world_model.next_states(state0[:, -1:].expand(-1, S, -1), actions.sum(dim=2))  # (E, S, Ds)
             cost = cost + config.proprio_weight * (final_state - goal_state[:, None]).pow(2).sum(-1)

@@ -37,7 +37,7 @@ from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
 from jepa_world.language.train import HEAD_DIR, HeadMeta, load_language_head
 from planners.agent import MPCAgent
 from planners.base import CostFn
-from planners.objectives import ObjectiveConfig, uses_states
+from planners.objectives import ObjectiveConfig, reached_position_distance, uses_states
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,11 @@ class LanguageGoalAgent(MPCAgent):
                                               self._text_goal, self.query, context_actions)
         if self.memory is None:
             return shared_space
-        start = (state0[:, -1] if state0.ndim == 3 else state0)[:, EE_STATE_SLICE][:, None]  # (E, 1, 3) observed now
-        goal, weight = self.goal_positions[:, None], self.position_weight  # (E, 1, 3)
+        start = (state0[:, -1] if state0.ndim == 3 else state0)[:, EE_STATE_SLICE]  # (E, 3) observed now
+        goal, weight = self.goal_positions, self.position_weight  # (E, 3)
 
         def cost_fn(actions: Tensor) -> Tensor:
-            reached = start + actions.sum(dim=2)[..., : start.shape[-1]]  # (E, S, 3) displacement actions
-            return shared_space(actions) + weight * (reached - goal).norm(dim=-1)
+            return shared_space(actions) + weight * reached_position_distance(start, actions, goal)
 
         return cost_fn
 
