@@ -17,3 +17,32 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+class FakeClock:
+    """A ``perf_counter`` that moves only when a test advances it: time-budget logic is then
+    checked exactly, instead of against a shared CI machine's scheduling jitter."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def fake_clock(monkeypatch):
+    """Replace the wall clock the planners and the MPC agent read with a FakeClock."""
+    import types
+
+    import planners.agent
+    import planners.base
+    import planners.gradient
+
+    clock = FakeClock()
+    for module in (planners.base, planners.agent, planners.gradient):
+        monkeypatch.setattr(module, "time", types.SimpleNamespace(perf_counter=clock))
+    return clock

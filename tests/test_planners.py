@@ -111,17 +111,32 @@ def test_gradient_planner_leaves_model_parameter_grads_untouched():
     assert layer.weight.grad is None
 
 
-def test_time_budget_stops_early_and_returns_best_so_far():
-    import time
+@pytest.mark.parametrize("name", ["cem", "mppi", "adam"])
+def test_time_budget_stops_before_the_deadline_and_returns_best_so_far(name, fake_clock):
+    iteration_s = 1 / 32  # exact in binary, so the expected iteration count is exact too
 
     def slow_cost(actions):
-        time.sleep(0.02)
+        fake_clock.advance(iteration_s)
         return actions.pow(2).sum(dim=(-2, -1))
 
-    result = make_planner("cem", samples=16, elites=4, iterations=1000).plan(slow_cost, 1, H, LOW, HIGH, time_budget_s=0.2)
-    assert 2 <= result.iterations < 1000
-    assert result.elapsed_s < 0.2 * 1.2
+    sizes = dict(samples=16, iterations=1000) | ({} if name == "adam" else dict(elites=4))
+    result = make_planner(name, **sizes).plan(slow_cost, 1, H, LOW, HIGH, time_budget_s=0.25)
+    # After k iterations it is k/32 s; a (k+1)-th as long as the last would end past 0.25 s once k = 8.
+    assert result.iterations == 8
+    assert result.elapsed_s == pytest.approx(0.25)
     assert result.best_cost[0] == result.costs[0].min()
+
+
+def test_time_budget_accounts_for_an_iteration_slower_than_the_rest(fake_clock):
+    durations = iter([0.01] * 5 + [0.1] + [0.01] * 100)
+
+    def cost(actions):
+        fake_clock.advance(next(durations))
+        return actions.pow(2).sum(dim=(-2, -1))
+
+    result = make_planner("cem", samples=16, elites=4, iterations=1000).plan(cost, 1, H, LOW, HIGH, time_budget_s=0.2)
+    # At 0.15 s the last iteration took 0.1 s, so another is predicted to end at 0.25 s: stop at 6.
+    assert result.iterations == 6 and result.elapsed_s <= 0.2
 
 
 def test_nan_costs_never_give_nonfinite_plans():
