@@ -189,6 +189,21 @@ class Planner(abc.ABC):
         return best_actions, torch.where(better, iter_cost, best_cost), iter_cost
 
 
+def validate_sampling_config(config) -> None:
+    """Checks shared by the sampling planners' configs (samples, elites, iterations, momenta, spreads)."""
+    if config.samples < 2:
+        raise ValueError(f"samples must be >= 2 (candidate 0 is the mean), got {config.samples}")
+    if not 1 <= config.elites <= config.samples:
+        raise ValueError(f"elites must be in [1, samples={config.samples}], got {config.elites}")
+    if config.iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {config.iterations}")
+    for name in ("momentum_mean", "momentum_std"):  # MPPI smooths only the mean
+        if hasattr(config, name) and not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
+    if config.init_std <= 0 or config.min_std < 0:
+        raise ValueError(f"init_std must be > 0 and min_std >= 0, got init_std={config.init_std} min_std={config.min_std}")
+
+
 class SamplingPlanner(Planner):
     """Sample around a Gaussian (candidate 0 is its mean), score, refit; CEM and MPPI differ only in `refit`."""
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from planners.base import SamplingPlanner
+from planners.base import SamplingPlanner, validate_sampling_config
 
 
 @dataclass
@@ -27,18 +27,7 @@ class CEMConfig:
     max_norm: float | None = None  # optional per-step L2 bound on actions
 
     def validate(self) -> None:
-        if self.samples < 2:
-            raise ValueError(f"samples must be >= 2 (candidate 0 is the mean), got {self.samples}")
-        if not 1 <= self.elites <= self.samples:
-            raise ValueError(f"elites must be in [1, samples={self.samples}], got {self.elites}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
-        for name in ("momentum_mean", "momentum_std"):
-            value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if self.init_std <= 0 or self.min_std < 0:
-            raise ValueError(f"init_std must be > 0 and min_std >= 0, got init_std={self.init_std} min_std={self.min_std}")
+        validate_sampling_config(self)
 
 
 class CEMPlanner(SamplingPlanner):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from planners.base import SamplingPlanner
+from planners.base import SamplingPlanner, validate_sampling_config
 
 
 @dataclass
@@ -30,18 +30,9 @@ class MPPIConfig:
     max_norm: float | None = None
 
     def validate(self) -> None:
-        if self.samples < 2:
-            raise ValueError(f"samples must be >= 2 (candidate 0 is the mean), got {self.samples}")
-        if not 1 <= self.elites <= self.samples:
-            raise ValueError(f"elites must be in [1, samples={self.samples}], got {self.elites}")
-        if self.iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {self.iterations}")
+        validate_sampling_config(self)
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 <= self.momentum_mean < 1.0:
-            raise ValueError(f"momentum_mean must be in [0, 1), got {self.momentum_mean}")
-        if self.init_std <= 0 or self.min_std < 0:
-            raise ValueError(f"init_std must be > 0 and min_std >= 0, got init_std={self.init_std} min_std={self.min_std}")
 
 
 class MPPIPlanner(SamplingPlanner):

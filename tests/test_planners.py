@@ -145,6 +145,19 @@ def test_nan_costs_never_give_nonfinite_plans():
     assert torch.isfinite(result.actions).all()
 
 
+@pytest.mark.parametrize("name", ["cem", "mppi"])
+@pytest.mark.parametrize("setting, message", [
+    (dict(samples=1, elites=1), r"samples must be >= 2 .* got 1"),
+    (dict(samples=10, elites=0), r"elites must be in \[1, samples=10\], got 0"),
+    (dict(iterations=0), r"iterations must be >= 1, got 0"),
+    (dict(momentum_mean=1.0), r"momentum_mean must be in \[0, 1\), got 1.0"),
+    (dict(init_std=0.0), r"init_std must be > 0 and min_std >= 0, got init_std=0.0"),
+])
+def test_sampling_planner_settings_are_validated_with_the_bad_value(name, setting, message):
+    with pytest.raises(ValueError, match=message):
+        make_planner(name, **setting)
+
+
 def test_bad_inputs_have_clear_errors():
     with pytest.raises(ValueError, match=r"unknown planner 'cme'.*\['adam', 'cem', 'mppi'\]"):
         make_planner("cme")
