@@ -86,10 +86,8 @@ def plot_landscape(landscape: Landscape, path: str | Path, title: str = "") -> P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from jepa_world.evaluation import atomic_path
+    from jepa_world.atomic_files import save_figure
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     x, y = landscape.axis_values
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     mesh = ax.pcolormesh(x, y, landscape.energies.T, shading="auto", cmap="viridis")
@@ -103,11 +101,4 @@ def plot_landscape(landscape: Landscape, path: str | Path, title: str = "") -> P
     ax.set_title(title or f"energy around the recorded action (argmin error {landscape.argmin_error:.4f})")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
-    tmp = atomic_path(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        tmp.replace(path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)

@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from jepa_world.atomic_files import atomic_path, save_figure
 from planners import make_planner
 from planners.agent import AgentStats, MPCAgent
 from planners.objectives import ObjectiveConfig
@@ -299,14 +299,6 @@ def compose_frame(obs: np.ndarray, goal: np.ndarray, energies: list[float], step
     return np.asarray(canvas)
 
 
-def atomic_path(path: Path) -> Path:
-    """A temp file beside ``path`` (same filesystem, so os.replace is atomic)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make reports unreadable to other users
-    return Path(tmp)
-
-
 def write_video(path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int = 10) -> Path:
     """H.264 mp4 (yuv420p, readable by decord) written atomically."""
     import av
@@ -394,15 +386,7 @@ def plot_energy(path: str | os.PathLike, result: EpisodeResult, iteration_costs:
         axes[0, 1].set_ylabel("best energy")
         axes[0, 1].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    try:
-        fig.savefig(tmp, format="png", dpi=100)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------------------- reports

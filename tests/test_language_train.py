@@ -55,6 +55,7 @@ def test_heldout_retrieval_is_well_above_chance(trained):
     assert json.loads((out / "retrieval.json").read_text()) == pytest.approx(results)
     losses = [r["loss"] for r in read_metrics(out / "metrics.jsonl")]
     assert losses[-1] < losses[0] - 0.5, losses
+    assert (out / "curves.png").is_file()
 
 
 @pytest.mark.slow

@@ -115,6 +115,7 @@ def test_posttrain_loss_decreases(reach_data, tmp_path):
     run_posttrain(cfg)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert losses[-1] < 0.5 * losses[0], losses
+    assert (tmp_path / "run" / "curves.png").is_file()
 
 
 def test_non_finite_loss_stops_before_a_checkpoint(reach_data, tmp_path, monkeypatch):

@@ -58,6 +58,7 @@ def test_script_contract_writes_metrics_and_checkpoint(tmp_path):
     assert "predictor.mask_tokens.1" in tensors  # one mask token per V-JEPA 2 mask generator
     config = json.loads((last / "config.json").read_text())
     assert config["max_steps"] == 4 and config["model"]["size"] == "micro" and config["data"]["num_clips"] == 16
+    assert (out / "curves.png").stat().st_size > 10_000  # refreshed at each checkpoint
     state = torch.load(last / "train_state.pt", weights_only=True)
     assert state["step"] == 4 and "optimizer" in state and isinstance(state["rng"]["torch"], torch.Tensor)
     assert ckpt.read_train_state(out / "checkpoints" / "step_000002")["step"] == 2

@@ -62,6 +62,7 @@ from jepa_world.training.optim import (
     build_optimizer,
     clip_gradients,
 )
+from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
@@ -256,6 +257,7 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
         if info.is_main:
             save_checkpoint(last, module_tensors({"head": unwrap(model)}), resolved,
                             {"optimizer": optimizer.state_dict(), "rng": capture_rng_state(), "step": step})
+            refresh_run_curves(out)
 
     model.train()
     for step in tqdm(range(start, cfg.train.steps), desc="language head", disable=not info.is_main):

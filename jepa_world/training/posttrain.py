@@ -58,6 +58,7 @@ from jepa_world.training.optim import (
     build_optimizer,
     clip_gradients,
 )
+from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
@@ -441,6 +442,7 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
             train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": capture_rng_state()}
             tensors = module_tensors(world_model.trained_modules())
             save_checkpoint(last, tensors, config_json, train_state)
+            refresh_run_curves(output_dir)
         barrier(info)
 
     world_model.train()

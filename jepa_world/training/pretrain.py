@@ -50,6 +50,7 @@ from jepa_world.training.distributed import (
 )
 from jepa_world.training.ema import EMA, MomentumSchedule, make_target
 from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients
+from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
@@ -524,6 +525,7 @@ def _save(output_dir: Path, cfg: Mapping[str, Any], jepa: JEPA, target_encoder: 
         if run.keep_every and step % run.keep_every == 0:
             ckpt.copy_checkpoint(checkpoints / "last", checkpoints / f"step_{step:06d}")
         log.info("step %d: checkpoint written to %s", step, checkpoints / "last")
+        refresh_run_curves(output_dir)
     barrier(info)
 
 

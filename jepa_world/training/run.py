@@ -128,7 +128,10 @@ class MetricsWriter:
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The records of a metrics.jsonl; a malformed line is an error naming the file and line."""
+    from jepa_world.training.curves import read_records
+
+    return read_records(path)
 
 
 # --------------------------------------------------------------------------- non-finite guard
