@@ -85,7 +85,7 @@ def test_bad_metrics_files_name_the_file_and_line(tmp_path):
         read_records(tmp_path / "missing.jsonl")
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": \n')
-    with pytest.raises(ValueError, match=r"broken.jsonl:2: not a JSON object"):
+    with pytest.raises(ValueError, match=r"broken.jsonl:2: not valid JSON"):
         read_records(broken)
     stepless = write_metrics(tmp_path / "stepless.jsonl", [{"loss": 1.0}])
     with pytest.raises(ValueError, match=r"stepless.jsonl:1: expected a JSON object with an integer 'step'"):

@@ -31,6 +31,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jepa_world.jsonl import read_jsonl
+
 log = logging.getLogger(__name__)
 
 CODEBASE_VERSION = "v3.0"
@@ -438,13 +440,7 @@ def read_meta(root: str | Path) -> DatasetMeta:
         jsonl = root / "meta" / "episodes.jsonl"
         if not jsonl.is_file():
             raise DatasetFormatError(f"{jsonl} not found (a {version} dataset lists its episodes there)")
-        for line_no, line in enumerate(jsonl.read_text().splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetFormatError(f"{jsonl}:{line_no}: not valid JSON ({e})") from e
+        for _, row in read_jsonl(jsonl, DatasetFormatError):
             ep = int(_require(row, "episode_index", jsonl))
             chunk = ep // chunks_size
             data_file = root / data_path.format(episode_chunk=chunk, episode_index=ep)

@@ -19,6 +19,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from jepa_world.jsonl import read_jsonl
+
 CURVES_FILE = "curves.png"
 
 
@@ -52,15 +54,9 @@ def read_records(path: str | os.PathLike) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path} (a training run writes <output_dir>/metrics.jsonl)")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{number}: not a JSON object ({err.msg}): {line[:80]!r}") from err
+    for line_no, record in read_jsonl(path):
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
-            raise ValueError(f"{path}:{number}: expected a JSON object with an integer 'step', got {line[:80]!r}")
+            raise ValueError(f"{path}:{line_no}: expected a JSON object with an integer 'step', got {json.dumps(record)[:80]}")
         records.append(record)
     return records
 
