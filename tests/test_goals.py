@@ -58,12 +58,33 @@ def test_make_goal_script_writes_the_goal_image_and_a_sidecar_that_judges_succes
     for _ in range(50):
         _, _, _, _, info = fresh.step(fresh.unwrapped.expert_action())
     assert info["is_success"] is True
-    # ... while the PNG alone gives the same image and an unknown success.
+    # ... and so does the PNG beside it, because the sidecar renders to exactly that image ...
     image, state = load_goal(out, fresh)
+    np.testing.assert_array_equal(image, written)
+    assert state == sidecar["goal_state"]
+    # ... while a copy of the PNG without its sidecar gives the same image and an unknown success.
+    alone = tmp_path / "alone" / "goal.png"
+    alone.parent.mkdir()
+    alone.write_bytes(out.read_bytes())
+    image, state = load_goal(alone, fresh)
     np.testing.assert_array_equal(image, written)
     assert state is None
     _, _, _, _, info = fresh.step(np.zeros(3, np.float32))
     assert info["is_success"] is None
+
+
+def test_a_sidecar_that_renders_to_another_image_is_ignored(tmp_path, reach, caplog):
+    u = reach.unwrapped
+    u.set_goal(seed=5)
+    save_goal(tmp_path / "goal.png", u.goal_image(), u.goal_state(), env="reach", image_size=u.image_size, seed=5)
+    u.set_goal(seed=6)  # a stale sidecar: the state of another goal beside the seed-5 image
+    stale = json.loads((tmp_path / "goal.json").read_text())
+    stale["goal_state"] = u.goal_state()
+    (tmp_path / "goal.json").write_text(json.dumps(stale))
+    with caplog.at_level("WARNING", logger="envs.goals"):
+        image, state = load_goal(tmp_path / "goal.png", reach)
+    assert state is None and "renders to a different image" in caplog.text
+    assert reach.unwrapped.distance_to_goal() != reach.unwrapped.distance_to_goal()  # nan: success unknown
 
 
 def test_sidecar_restores_at_another_resolution(tmp_path, reach):

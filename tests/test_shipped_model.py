@@ -49,7 +49,8 @@ def test_readme_plan_command_runs_on_the_shipped_model(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "result.json").read_text())
     assert report["steps"] == 4 and len(report["plan_ms"]) == 4
-    assert report["success"] is None  # an image-only goal: success is unknown, not guessed
+    # reach_seed3.json beside the image renders to it, so success is judged (planning sees only the image)
+    assert isinstance(report["success"], bool) and 0 < report["final_distance"] < 1
     assert (out / "energy.png").stat().st_size > 0
 
 
