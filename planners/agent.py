@@ -36,6 +36,14 @@ class AgentStats:
     iterations: list[int] = field(default_factory=list)
     energies: list[np.ndarray] = field(default_factory=list)  # (E,) best energy after each planning call
 
+    def __str__(self) -> str:
+        """One line for logs: the full lists stay available as attributes."""
+        if not self.plan_ms:
+            return "AgentStats(no planning calls yet)"
+        return (f"AgentStats({len(self.plan_ms)} planning calls, median {np.median(self.plan_ms):.1f} ms, "
+                f"{np.mean(self.iterations):.1f} planner iterations on average, "
+                f"last best energy {np.array2string(self.energies[-1], precision=4)})")
+
 
 def check_pixels(pixels: np.ndarray | Tensor, what: str) -> np.ndarray:
     """(H, W, 3) or (E, H, W, 3) image(s) -> (E, H, W, 3); NaN or blank frames raise."""
