@@ -5,7 +5,8 @@
     python scripts/plan.py env=reach goal=goal.json   # a goal state saved by scripts/make_goal.py
     python scripts/plan.py env=reach goal="text:move the arm to the upper left" language_head=DIR
 
-An image-only goal has no simulator state, so success and distance are reported as null.
+An image goal is all the planner sees. Success and distance are judged when a sidecar goal state
+(scripts/make_goal.py) beside the image renders to that same image; otherwise they are null.
 
 Writes output_dir/result.json (success or null, final_distance, steps, plan_ms per step, energies),
 episode.mp4 (observation | goal with the energy underneath), strip.png (six of its frames) and
