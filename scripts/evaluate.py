@@ -4,8 +4,9 @@
     python scripts/evaluate.py env=reach episodes=50 seed=1000 policy=random    # or policy=expert
 
 Episode i resets the env (start and goal) and the planner with seed + i; num_envs episodes are
-planned together in one batch. Writes output_dir/eval_info.json in LeRobot's shape and up to
-max_videos mp4s. Planning sees only observations and goal images; simulator success is read
+planned together in one batch. Writes output_dir/eval_info.json in LeRobot's shape, up to
+max_videos mp4s and evaluation.png (distance to goal per step and final distances, against the
+success radius). Planning sees only observations and goal images; simulator success is read
 once, at each episode's last step.
 """
 import logging
@@ -72,6 +73,7 @@ def evaluate(cfg: dict) -> dict:
             env.close()
     info = ev.eval_info(results, time.perf_counter() - start, video_paths, ev.run_settings(cfg, agent))
     ev.write_json(os.path.join(out, "eval_info.json"), info)
+    ev.plot_evaluation(os.path.join(out, "evaluation.png"), results, cfg["env"].get("success_threshold"))
     return info
 
 

@@ -168,6 +168,7 @@ def test_evaluate_batched_matches_sequential_and_writes_lerobot_report(model_dir
     agg = info["aggregated"]
     assert agg["n_episodes"] == 3 and 0 <= agg["pc_success"] <= 100 and agg["eval_s"] > 0
     assert len(info["video_paths"]) == 2 and all(Path(p).is_file() for p in info["video_paths"])
+    assert (tmp_path / "b" / "evaluation.png").stat().st_size > 10_000
 
     sequential = evaluate(config("evaluate", [*common, "num_envs=1", "max_videos=0", f"output_dir={tmp_path / 's'}"]))
     for b, s in zip(batched["per_episode"], sequential["per_episode"]):
@@ -196,3 +197,21 @@ def test_reference_policies_run_under_the_evaluation_protocol(tmp_path):
     assert distances(again) == distances(random)  # seeded per episode
     with pytest.raises(ValueError, match=r"baseline policy 'greedy': expected one of \('expert', 'random'\)"):
         evaluate(config("evaluate", [*common, "policy=greedy", f"output_dir={tmp_path / 'bad'}"]))
+
+
+def test_evaluation_plot_colours_episodes_by_outcome_and_skips_unjudged_runs(tmp_path):
+    from PIL import Image
+
+    def episode(ix, success, distances):
+        return ev.EpisodeResult(episode_ix=ix, seed=ix, success=success, final_distance=distances[-1],
+                                steps=len(distances), distances=distances)
+
+    results = [episode(0, True, [0.4, 0.2, 0.01]), episode(1, False, [0.4, 0.3, 0.2])]
+    out = ev.plot_evaluation(tmp_path / "evaluation.png", results, success_threshold=0.05)
+    pixels = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3).astype(int)
+    green = ((pixels[:, 1] > 100) & (pixels[:, 0] < 80) & (pixels[:, 2] < 80)).sum()
+    red = ((pixels[:, 0] > 180) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)).sum()
+    assert green > 100 and red > 100  # one success and one miss, both drawn
+    unjudged = [ev.EpisodeResult(episode_ix=0, seed=0, success=None, final_distance=None, steps=2,
+                                 distances=[float("nan")] * 2)]
+    assert ev.plot_evaluation(tmp_path / "none.png", unjudged) is None and not (tmp_path / "none.png").exists()
