@@ -46,6 +46,7 @@ from jepa_world.training.checkpoint import (
     resume_from,
     save_checkpoint,
 )
+from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.distributed import (
     all_reduce_mean,
     barrier,
@@ -58,7 +59,6 @@ from jepa_world.training.optim import (
     build_optimizer,
     clip_gradients,
 )
-from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,

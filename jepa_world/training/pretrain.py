@@ -40,6 +40,7 @@ from jepa_world.masks import MaskCollator, build_mask_generators
 from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer, gather_tokens
 from jepa_world.training import checkpoint as ckpt
+from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.distributed import (
     DistInfo,
     all_reduce_mean,
@@ -50,7 +51,6 @@ from jepa_world.training.distributed import (
 )
 from jepa_world.training.ema import EMA, MomentumSchedule, make_target
 from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients
-from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,

@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from jepa_world.training.curves import read_records
+
 log = logging.getLogger(__name__)
 
 
@@ -129,8 +131,6 @@ class MetricsWriter:
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl; a malformed line is an error naming the file and line."""
-    from jepa_world.training.curves import read_records
-
     return read_records(path)
 
 
