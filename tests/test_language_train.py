@@ -59,6 +59,33 @@ def test_heldout_retrieval_is_well_above_chance(trained):
 
 
 @pytest.mark.slow
+def test_pretrained_encoder_retrieves_far_better_than_random_init(tmp_path):
+    """Issue #7's bar: the same head on the shipped (JEPA-pretrained) encoder against a random-init
+    encoder, full 8x8 token grid, held-out templates and positions (docs/language.md). The two
+    trainings run side by side, one thread each."""
+    common = [*SMALL, "kinds=[arm]", "encoder.latent_pool=1", "seed=0", "device=cpu"]
+    runs = {"pretrained": [f"encoder.checkpoint={ROOT / 'checkpoints' / 'reach-default'}", "encoder.checkpoint_prefix=encoder"],
+            "random": []}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "scripts/train_language.py"), f"output_dir={tmp_path / name}",
+                                     *common, *extra], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+             for name, extra in runs.items()}
+    for name, proc in procs.items():
+        _, err = proc.communicate(timeout=1200)
+        assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+    results = {name: json.loads((tmp_path / name / "retrieval.json").read_text()) for name in runs}
+    key = "heldout_templates/heldout_positions/arm/"
+    report = {name: {k: round(r[key + k], 3) for k in ("clip_to_caption_R@1", "caption_to_clip_R@1")}
+              for name, r in results.items()}
+    print("held-out R@1, pretrained vs random-init encoder:", report)
+    # measured (seed 0): clip->caption 0.83 vs 0.57, caption->clip 0.70 vs 0.41; over seeds 0-3 the
+    # smallest same-seed gap was 0.20 and 0.19
+    for metric in ("clip_to_caption_R@1", "caption_to_clip_R@1"):
+        assert results["pretrained"][key + metric] >= results["random"][key + metric] + 0.15, report
+
+
+@pytest.mark.slow
 def test_goal_memory_grounds_heldout_paraphrases_in_their_region(trained):
     """Training writes the goal memory (every training frame's shared-space embedding and observed
     end effector); a held-out paraphrase retrieves frames whose mean position lies in its region."""
