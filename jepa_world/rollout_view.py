@@ -43,13 +43,12 @@ def view_rollout(world_model: WorldModel, frames: np.ndarray, states: np.ndarray
     latents = world_model.encode(torch.from_numpy(frames))  # (T, N, D)
     state0 = torch.from_numpy(states[:1]) if world_model.predictor.config.state_dim else None
     predicted = world_model.rollout(latents[:1], state0, torch.from_numpy(actions)[None])[0]  # (T-1, N, D)
-    observed = latents[1:]  # (T-1, N, D)
-    # energy of every prediction against every observed frame: (T-1, T)
+    # energy of every prediction against every observed frame: (T-1, T); row h-1 holds prediction h
     pairwise = WorldModel.energy(predicted[:, None], latents[None])
     return RolloutView(
         frames=frames,
-        predicted_error=WorldModel.energy(predicted, observed).numpy(),
-        copy_last_error=WorldModel.energy(latents[:1].expand_as(observed), observed).numpy(),
+        predicted_error=pairwise[:, 1:].diagonal().numpy(),  # prediction h against frame h
+        copy_last_error=WorldModel.energy(latents[:1], latents[1:]).numpy(),
         nearest_frame=pairwise.argmin(dim=1).numpy(),
     )
 

@@ -18,11 +18,14 @@ only through the head's shared space.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor
+
+from jepa_world.atomic_files import atomic_path
 
 MEMORY_FILE = "goal_memory.safetensors"
 
@@ -40,10 +43,13 @@ class GoalMemory:
     def __len__(self) -> int:
         return len(self.embeddings)
 
+    def check_top_k(self, top_k: int) -> None:
+        if not 1 <= top_k <= len(self):
+            raise ValueError(f"language_top_k={top_k} must be in [1, {len(self)}] (frames in the goal memory)")
+
     def locate(self, text_embeddings: Tensor, top_k: int) -> Tensor:
         """(E, Et) goal-text embeddings -> (E, K) mean position of the ``top_k`` closest frames."""
-        if not 1 <= top_k <= len(self):
-            raise ValueError(f"language top_k={top_k} must be in [1, {len(self)}] (frames in the goal memory)")
+        self.check_top_k(top_k)
         if text_embeddings.ndim != 2 or text_embeddings.shape[1] != self.embeddings.shape[1]:
             raise ValueError(f"text embeddings must be (E, {self.embeddings.shape[1]}), got {tuple(text_embeddings.shape)}")
         similarity = F.normalize(text_embeddings.float(), dim=-1).cpu() @ self.embeddings.T  # (E, M)
@@ -52,10 +58,13 @@ class GoalMemory:
 
     def save(self, directory: str | Path) -> Path:
         path = Path(directory) / MEMORY_FILE
-        tmp = path.with_suffix(".tmp")
-        # Unit vectors lose nothing that matters for ranking in fp16, and the file halves.
-        save_file({"embeddings": self.embeddings.half().contiguous(), "positions": self.positions.contiguous()}, str(tmp))
-        tmp.replace(path)  # atomic: a reader never sees half a file
+        tmp = atomic_path(path)
+        try:
+            # Unit vectors lose nothing that matters for ranking in fp16, and the file halves.
+            save_file({"embeddings": self.embeddings.half().contiguous(), "positions": self.positions.contiguous()}, str(tmp))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -123,8 +123,7 @@ class LanguageGoalAgent(MPCAgent):
         self.memory = memory if position_weight > 0 else None
         self.position_weight, self.top_k = float(position_weight), int(top_k)
         if self.memory is not None:
-            if not 1 <= self.top_k <= len(self.memory):
-                raise ValueError(f"language_top_k={top_k} must be in [1, {len(self.memory)}] (frames in the goal memory)")
+            self.memory.check_top_k(self.top_k)
             self.uses_states = True  # the term starts from the observed end effector
         self.current_texts: list[str] = []
         self._text_goal: Tensor | None = None
