@@ -155,18 +155,39 @@ class GoalImageEnv(gym.Env, abc.ABC):
             return None
         return bool(self._distance(self._goal) < self.success_threshold)
 
+    def sim_state(self) -> dict[str, list[float]]:
+        """The simulator state (positions, velocities, controls) as JSON-serialisable lists."""
+        return {"qpos": self.data.qpos.tolist(), "qvel": self.data.qvel.tolist(), "ctrl": self.data.ctrl.tolist()}
+
+    def set_sim_state(self, state: dict[str, Any]) -> None:
+        """Restore a ``sim_state()`` dict; a wrong key or length is an error naming it."""
+        for key, size in (("qpos", self.model.nq), ("qvel", self.model.nv), ("ctrl", self.model.nu)):
+            value = np.asarray(state.get(key, ()), dtype=np.float64)
+            if value.shape != (size,) or not np.isfinite(value).all():
+                raise ValueError(f"{self.env_name} start_state[{key!r}] must be {size} finite numbers, "
+                                 f"got {state.get(key)!r}")
+            getattr(self.data, key)[:] = value
+        mujoco.mj_forward(self.model, self.data)
+
+    def goal_state_from_current(self) -> dict[str, Any]:
+        """A goal state showing the scene as it is now (the anchors' "near" goals: where a policy got to)."""
+        raise ValueError(f"env {self.env_name!r} cannot turn its current state into a goal; "
+                         "goal_protocol=near supports reach and push")
+
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Sample a new initial state and goal from `seed`.
 
         options: {"goal_state": dict} restores a saved goal, {"goal_seed": int} samples the goal from
-        its own seed, {"keep_goal": True} keeps the current goal (or goal image).
+        its own seed, {"keep_goal": True} keeps the current goal (or goal image); {"start_state": dict}
+        (from ``sim_state()``) starts from a saved simulator state instead of a sampled one.
         """
         super().reset(seed=seed)
         options = dict(options or {})
-        unknown = set(options) - {"goal_state", "goal_seed", "keep_goal"}
+        unknown = set(options) - {"goal_state", "goal_seed", "keep_goal", "start_state"}
         if unknown:
-            raise ValueError(f"unknown reset options {sorted(unknown)}; expected goal_state, goal_seed or keep_goal")
+            raise ValueError(f"unknown reset options {sorted(unknown)}; expected goal_state, goal_seed, keep_goal "
+                             "or start_state")
         if options.get("keep_goal"):
             if self._goal is None and self._goal_image is None:
                 raise RuntimeError("reset(options={'keep_goal': True}) but no goal has been set yet")
@@ -177,7 +198,10 @@ class GoalImageEnv(gym.Env, abc.ABC):
         else:
             self.set_goal()
         mujoco.mj_resetData(self.model, self.data)
-        self._sample_initial_state(self.np_random)
+        if "start_state" in options:
+            self.set_sim_state(options["start_state"])
+        else:
+            self._sample_initial_state(self.np_random)
         mujoco.mj_forward(self.model, self.data)
         return self._observation(), self._info(action_excess=0.0)
 

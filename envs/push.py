@@ -62,6 +62,9 @@ class PushEnv(ArmEnv):
             )
         return {"env": self.env_name, "block_xy": xy.tolist(), "arm_qpos": arm.tolist()}
 
+    def goal_state_from_current(self) -> dict[str, Any]:
+        return self._validate_goal_state({"env": self.env_name, "block_xy": self.block_position()[:2].tolist()})
+
     def _render_goal(self, goal: dict[str, Any]) -> np.ndarray:
         qpos = np.zeros(self.model.nq)
         qpos[self.kin.qpos_ids] = goal["arm_qpos"]

@@ -46,6 +46,11 @@ class ReachEnv(ArmEnv):
             raise ValueError(f"reach goal 'ee' {state['ee']} does not match forward kinematics of 'qpos' {ee.tolist()}")
         return {"env": self.env_name, "qpos": q.tolist(), "ee": ee.tolist()}
 
+    def goal_state_from_current(self) -> dict[str, Any]:
+        # Servoed joints can overshoot a limit by a hair; the goal pose is the nearest pose within them.
+        q = np.clip(self.arm_qpos(), self.kin.low, self.kin.high)
+        return self._validate_goal_state({"env": self.env_name, "qpos": q.tolist()})
+
     def _render_goal(self, goal: dict[str, Any]) -> np.ndarray:
         qpos = np.zeros(self.model.nq)
         qpos[self.kin.qpos_ids] = goal["qpos"]

@@ -147,6 +147,38 @@ def run_episodes(
     return results, frames
 
 
+GOAL_PROTOCOLS = ("anywhere", "near")
+
+
+def near_goal_options(env: gym.Env, seed: int, steps: int) -> dict[str, Any]:
+    """Reset options of the anchors' "near" protocol (LeWM, DINO-WM): the goal is where ``steps`` of
+    the data collection's exploration policy (Ornstein-Uhlenbeck, seeded by ``seed``) take the scene
+    from the episode's start state; the episode then starts from that same start state."""
+    from jepa_world.data.collection import ExplorationConfig, OrnsteinUhlenbeckPolicy
+
+    if steps < 1:
+        raise ValueError(f"near_steps must be >= 1, got {steps}")
+    env.reset(seed=int(seed))
+    unwrapped = env.unwrapped
+    start = unwrapped.sim_state()
+    low, high = env.action_space.low.astype(np.float64), env.action_space.high.astype(np.float64)
+    policy = OrnsteinUhlenbeckPolicy(low, high, ExplorationConfig(), np.random.default_rng([int(seed), 25]))
+    for _ in range(steps):
+        env.step(policy(env))
+    return {"goal_state": unwrapped.goal_state_from_current(), "start_state": start}
+
+
+def protocol_options(envs: Sequence[gym.Env], seeds: Sequence[int], protocol: str,
+                     near_steps: int) -> list[dict | None]:
+    """Per-episode reset options for a goal protocol: ``anywhere`` (the env's own goal sampling, at
+    least its minimum start distance away) or ``near``."""
+    if protocol not in GOAL_PROTOCOLS:
+        raise ValueError(f"goal protocol {protocol!r}; expected one of {list(GOAL_PROTOCOLS)}")
+    if protocol == "anywhere":
+        return [None] * len(seeds)
+    return [near_goal_options(env, seed, near_steps) for env, seed in zip(envs, seeds)]
+
+
 BASELINE_POLICIES = ("expert", "random")
 
 

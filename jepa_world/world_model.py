@@ -1,4 +1,4 @@
-"""World-model API: a frozen encoder plus an action-conditioned predictor.
+"""World-model API: an encoder (frozen, or trained end to end) plus an action-conditioned predictor.
 
 The verbs planners and users call::
 
@@ -7,6 +7,7 @@ The verbs planners and users call::
     z_next = wm.predict(z_hist, actions, states)   # teacher-forced, step t predicts t+1
     z_future = wm.rollout(z0, state0, actions)     # (S, H, N, D), KV-cached
     ee_goal = wm.decode_state(goal_frames)         # (B, K) state dims, if post-trained with a readout
+    steps = wm.critic.distance(z, z_goal)          # (B,) temporal distance, if post-trained with a critic
     wm.save_pretrained(dir)
 
 Latent space. ``encode`` feeds each frame as a ``tubelet_size``-frame clip of the repeated
@@ -15,6 +16,12 @@ image (as V-JEPA 2 does), optionally average-pools the token grid by ``latent_po
 over channels (``normalize_latents``). Predictions are layer-normed the same way, so
 predicted and encoded latents live in one space and an L1 distance between them is the
 V-JEPA 2-AC planning energy.
+
+Latent kinds. ``latent="tokens"`` (V-JEPA 2-AC) keeps the (pooled) patch-token grid;
+``latent="global"`` (LeWorldModel) mean-pools the tokens and maps them through a ``Projector`` to
+one ``latent_dim`` embedding per frame, N = 1, not layer-normed (SIGReg shapes it instead).
+``trainable_encoder=True`` marks a model post-trained end to end: ``embed`` keeps the graph for
+training, ``encode`` is its no-grad form for planning.
 
 Pixels. uint8 frames are scaled to [0, 1] and normalised with ``pixel_mean``/``pixel_std``
 (ImageNet statistics by default, as V-JEPA 2). Float frames are taken as already normalised.
@@ -38,6 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig, layer_norm_tokens
+from jepa_world.models.critic import CriticConfig, TemporalDistanceCritic
+from jepa_world.models.projector import Projector
 from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer
 from jepa_world.training.checkpoint import CheckpointError, load_modules, module_tensors, read_config, save_checkpoint
@@ -47,11 +56,16 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
-CONFIG_SECTIONS: tuple[str, ...] = ("encoder", "predictor", "world_model")  # plus "state_readout" when present
+CONFIG_SECTIONS: tuple[str, ...] = ("encoder", "predictor", "world_model")  # plus "state_readout"/"critic" when present
+LATENT_KINDS: tuple[str, ...] = ("tokens", "global")
 
 
 @dataclass
 class WorldModelConfig:
+    latent: str = "tokens"  # "tokens": the patch-token grid; "global": one projected embedding per frame
+    latent_dim: int = 64  # global latents: the projector's output width
+    projector_hidden: int = 512  # global latents: the projector's hidden width
+    trainable_encoder: bool = False  # post-trained end to end (the encoder is part of what is trained)
     latent_pool: int = 1  # average-pool the encoder's token grid by this factor per side
     normalize_latents: bool = True  # parameter-free layer norm on encoded and predicted tokens
     pixel_mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -77,6 +91,14 @@ class WorldModelConfig:
             mean, std = getattr(self, f"{kind}_mean"), getattr(self, f"{kind}_std")
             if len(mean) != len(std) or (std and min(std) <= 0):
                 raise ValueError(f"{kind}_mean/{kind}_std must have equal lengths and std > 0, got {mean}/{std}")
+        if self.latent not in LATENT_KINDS:
+            raise ValueError(f"WorldModelConfig.latent={self.latent!r}; expected one of {LATENT_KINDS}")
+        if self.latent_dim < 1 or self.projector_hidden < 1:
+            raise ValueError(f"WorldModelConfig.latent_dim/projector_hidden must be >= 1, got "
+                             f"{self.latent_dim}/{self.projector_hidden}")
+        if self.latent == "global" and self.normalize_latents:
+            raise ValueError("WorldModelConfig.latent='global' needs normalize_latents=false: the projected "
+                             "embedding is shaped by SIGReg, and a layer norm over it would undo that")
         if self.latent_pool < 1:
             raise ValueError(f"WorldModelConfig.latent_pool must be >= 1, got {self.latent_pool}")
         if self.state_update not in STATE_UPDATES:
@@ -97,15 +119,22 @@ def _dataclass_from_dict(cls: type, values: dict[str, Any], source: str) -> Any:
 
 class WorldModel(nn.Module):
     def __init__(self, encoder: VisionTransformer, predictor: ACPredictor, config: WorldModelConfig | None = None,
-                 state_readout: StateReadout | None = None):
+                 state_readout: StateReadout | None = None, critic: TemporalDistanceCritic | None = None):
         super().__init__()
         self.encoder = encoder
-        self.predictor = predictor
-        self.state_readout = state_readout
         self.config = config or WorldModelConfig()
         c, pc = self.config, predictor.config
-        if pc.encoder_dim != encoder.embed_dim:
-            raise ValueError(f"predictor encoder_dim={pc.encoder_dim} but the encoder's embed_dim is {encoder.embed_dim}")
+        self.projector = Projector(encoder.embed_dim, c.projector_hidden, c.latent_dim) if c.latent == "global" else None
+        self.predictor = predictor
+        self.state_readout = state_readout
+        self.critic = critic
+        if pc.encoder_dim != self.latent_dim:
+            raise ValueError(f"predictor encoder_dim={pc.encoder_dim} but the {c.latent} latent is {self.latent_dim} wide")
+        if c.latent == "global" and pc.frame_tokens != 1:
+            raise ValueError(f"global latents are one token per frame; the predictor expects grid {pc.grid_hw}")
+        if critic is not None and (critic.config.frame_tokens, critic.config.latent_dim) != (pc.frame_tokens, self.latent_dim):
+            raise ValueError(f"critic reads ({critic.config.frame_tokens}, {critic.config.latent_dim}) latents but this "
+                             f"world model's are ({pc.frame_tokens}, {self.latent_dim})")
         if state_readout is not None:
             rc = state_readout.config
             grid = encoder.cfg.img_size // encoder.cfg.patch_size
@@ -132,8 +161,14 @@ class WorldModel(nn.Module):
             self.register_buffer(f"{kind}_std", torch.tensor(std or [1.0] * dim), persistent=False)
         self.register_buffer("pixel_mean", torch.tensor(c.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(c.pixel_std).view(1, 3, 1, 1), persistent=False)
-        self.encoder.requires_grad_(False)
-        self.encoder.eval()
+        if not c.trainable_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    @property
+    def latent_dim(self) -> int:
+        """D of one latent token: the projector's width for global latents, else the encoder's."""
+        return self.config.latent_dim if self.config.latent == "global" else self.encoder.embed_dim
 
     @classmethod
     def create(
@@ -144,9 +179,11 @@ class WorldModel(nn.Module):
         config: WorldModelConfig | None = None,
         img_size: int | None = None,
         state_readout: dict[str, Any] | None = None,
+        critic: dict[str, Any] | None = None,
         **predictor_fields: Any,
     ) -> WorldModel:
-        """Build a fresh predictor sized for ``encoder`` at ``img_size`` (default: the encoder's)."""
+        """Build a fresh predictor (and projector, critic) sized for ``encoder`` at ``img_size``
+        (default: the encoder's). ``critic``: CriticConfig fields other than the latent shape; None = none."""
         config = config or WorldModelConfig()
         img_size = img_size or encoder.cfg.img_size
         grid = img_size // encoder.cfg.patch_size
@@ -156,8 +193,12 @@ class WorldModel(nn.Module):
                 f"latent_pool {config.latent_pool}"
             )
         pooled = grid // config.latent_pool
+        if config.latent == "global":  # one token per frame
+            latent_dim, pooled, grid = config.latent_dim, 1, 1
+        else:
+            latent_dim = encoder.embed_dim
         predictor_config = ACPredictorConfig(
-            encoder_dim=encoder.embed_dim,
+            encoder_dim=latent_dim,
             action_dim=action_dim,
             state_dim=state_dim,
             grid_hw=(pooled, pooled),
@@ -166,14 +207,19 @@ class WorldModel(nn.Module):
         )
         readout = None
         if state_readout:  # StateReadoutConfig fields other than the latent shape
-            readout_grid = grid // state_readout.get("latent_pool", 1)
+            readout_grid = img_size // encoder.cfg.patch_size // state_readout.get("latent_pool", 1)
             readout = StateReadout(StateReadoutConfig(frame_tokens=readout_grid**2, dim=encoder.embed_dim, **state_readout))
-        return cls(encoder, ACPredictor(predictor_config), config, readout)
+        value_critic = None
+        if critic is not None:
+            value_critic = TemporalDistanceCritic(
+                CriticConfig(latent_dim=latent_dim, frame_tokens=predictor_config.frame_tokens, **critic))
+        return cls(encoder, ACPredictor(predictor_config), config, readout, value_critic)
 
     # ------------------------------------------------------------------ encode
     def train(self, mode: bool = True) -> WorldModel:
         super().train(mode)
-        self.encoder.eval()  # frozen: never in training mode
+        if not self.config.trainable_encoder:
+            self.encoder.eval()  # frozen: never in training mode
         return self
 
     def normalize_pixels(self, frames: Tensor) -> Tensor:
@@ -205,19 +251,28 @@ class WorldModel(nn.Module):
             tokens = F.avg_pool2d(grid, p).flatten(2).transpose(1, 2)  # (B, h*w/p^2, D)
         return layer_norm_tokens(tokens) if self.config.normalize_latents else tokens
 
+    def embed(self, frames: Tensor) -> Tensor:
+        """Frames -> latents (B, N, D), keeping the graph (end-to-end training)."""
+        x = self.normalize_pixels(frames.to(self.pixel_mean.device))
+        tokens = self.encoder(x)  # (B, h*w, D_enc)
+        if self.projector is not None:
+            return self.projector(tokens)  # (B, 1, latent_dim)
+        _, h, w = self.encoder.grid_shape(x.shape)
+        return self.pool_and_normalize(tokens, (h, w))
+
     @torch.no_grad()
     def encode(self, frames: Tensor, pool: int | None = None) -> Tensor:
-        """Frames -> latents (B, N, D); the encoder is frozen, so no graph is kept. ``pool`` overrides
-        the world model's ``latent_pool`` (the state readout reads a finer grid)."""
-        x = self.normalize_pixels(frames.to(self.pixel_mean.device))
-        _, h, w = self.encoder.grid_shape(x.shape)
-        z = self.pool_and_normalize(self.encoder(x), (h, w), pool)
+        """Frames -> latents (B, N, D) with no graph kept (planning, feature caches). ``pool`` reads the
+        (token-grid) encoder at another pooling (the state readout reads a finer grid)."""
         if pool is not None:
-            return z
+            x = self.normalize_pixels(frames.to(self.pixel_mean.device))
+            _, h, w = self.encoder.grid_shape(x.shape)
+            return self.pool_and_normalize(self.encoder(x), (h, w), pool)
+        z = self.embed(frames)
         expected = self.predictor.config.frame_tokens
         if z.shape[1] != expected:
             raise ValueError(
-                f"frames of size {tuple(x.shape[-2:])} give {z.shape[1]} latent tokens, but the predictor expects "
+                f"frames of size {tuple(frames.shape[-2:])} give {z.shape[1]} latent tokens, but the predictor expects "
                 f"{expected} (grid {self.predictor.config.grid_hw}); resize frames to the training resolution"
             )
         return z
@@ -379,14 +434,15 @@ class WorldModel(nn.Module):
         }
         if self.state_readout is not None:
             config["state_readout"] = asdict(self.state_readout.config)
+        if self.critic is not None:
+            config["critic"] = asdict(self.critic.config)
         return config
 
     def trained_modules(self) -> dict[str, nn.Module]:
-        """``{prefix: module}`` of everything saved: encoder, predictor and the state readout if any."""
-        modules = {"encoder": self.encoder, "predictor": self.predictor}
-        if self.state_readout is not None:
-            modules["state_readout"] = self.state_readout
-        return modules
+        """``{prefix: module}`` of everything saved: encoder, projector, predictor, readout and critic."""
+        modules = {"encoder": self.encoder, "projector": self.projector, "predictor": self.predictor,
+                   "state_readout": self.state_readout, "critic": self.critic}
+        return {name: module for name, module in modules.items() if module is not None}
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Atomically write ``model.safetensors`` (encoder.*, predictor.*, state_readout.*) and ``config.json``."""
@@ -419,7 +475,10 @@ class WorldModel(nn.Module):
             if config.get("state_readout") is not None:
                 readout_config = _dataclass_from_dict(StateReadoutConfig, config["state_readout"], f"{source} [state_readout]")
                 readout = StateReadout(readout_config)
-            return cls(encoder, predictor, wm_config, readout)
+            critic = None
+            if config.get("critic") is not None:
+                critic = TemporalDistanceCritic(_dataclass_from_dict(CriticConfig, config["critic"], f"{source} [critic]"))
+            return cls(encoder, predictor, wm_config, readout, critic)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: invalid world-model config: {err}") from err
 

@@ -20,7 +20,15 @@ predicts for it and the goal image's latent, both layer-normed over the feature 
   once arm and goal pose stop overlapping, it slopes toward the goal from everywhere.
   ``None`` (the default) means ``DEFAULT_READOUT_WEIGHT`` for world models that have a
   readout and 0 for those that do not (``ObjectiveConfig.resolve``).
-* ``latent_weight`` scales the latent distance; 0 skips the world-model rollout entirely.
+* ``critic_weight`` adds the world model's temporal-distance critic (``WorldModel.critic``,
+  learned from time offsets inside trajectories, no state labels): the predicted number of steps
+  from the last predicted latent to the goal image's latent. It slopes toward the goal from
+  anywhere in the workspace, where a latent distance is flat. ``None`` (the default) means
+  ``DEFAULT_CRITIC_WEIGHT`` for world models that have a critic and 0 for those that do not.
+* ``latent_weight`` scales the latent distance; 0 skips the latent term (the rollout still runs
+  when the critic needs the predicted latents).
+* ``layer_norm`` layer-norms both latents before the distance; ``None`` follows the world
+  model (on for its layer-normed token latents, off for SIGReg-shaped global embeddings).
 
 The context (current latent and state) is repeated for S candidates once per planning
 call (not at all for one env: the world model broadcasts a batch-1 context) and the goal
@@ -28,6 +36,7 @@ latent is normalised once, so each iteration is one ``world_model.rollout`` call
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -38,6 +47,7 @@ from planners.base import CostFn
 
 METRICS = ("l1", "l2", "cosine")
 DEFAULT_READOUT_WEIGHT = 1.0  # chosen by the sweep in docs/default_model.md
+DEFAULT_CRITIC_WEIGHT = 1.0  # the critic counts steps; the latent term adds precision near the goal
 FRAME_MODES = ("last", "all")
 
 
@@ -46,13 +56,15 @@ class ObjectiveConfig:
     metric: str = "l1"
     frames: str = "last"
     discount: float = 1.0
-    layer_norm: bool = True
+    layer_norm: bool | None = None
     proprio_weight: float = 0.0
     readout_weight: float | None = None
     latent_weight: float = 1.0
+    critic_weight: float | None = None
 
     def resolve(self, world_model) -> ObjectiveConfig:
-        """A copy with ``readout_weight`` made concrete for this world model (see the module doc)."""
+        """A copy with ``readout_weight``, ``critic_weight`` and ``layer_norm`` made concrete for this
+        world model (see the module doc)."""
         has_readout = getattr(world_model, "state_readout", None) is not None
         weight = self.readout_weight
         if weight is None:
@@ -60,7 +72,18 @@ class ObjectiveConfig:
         elif weight > 0 and not has_readout:
             raise ValueError(f"objective readout_weight={weight} needs a world model with a state readout "
                              "(post-train with state_readout.state_dims=[...]); this one has none")
-        return replace(self, readout_weight=float(weight))
+        has_critic = getattr(world_model, "critic", None) is not None
+        critic_weight = self.critic_weight
+        if critic_weight is None:
+            critic_weight = DEFAULT_CRITIC_WEIGHT if has_critic else 0.0
+        elif critic_weight > 0 and not has_critic:
+            raise ValueError(f"objective critic_weight={critic_weight} needs a world model with a temporal-distance "
+                             "critic (post-train with critic={}); this one has none")
+        layer_norm = self.layer_norm
+        if layer_norm is None:
+            world_model_config = getattr(world_model, "config", None)
+            layer_norm = bool(getattr(world_model_config, "normalize_latents", True))
+        return replace(self, readout_weight=float(weight), critic_weight=float(critic_weight), layer_norm=layer_norm)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -69,11 +92,13 @@ class ObjectiveConfig:
             raise ValueError(f"unknown objective frames {self.frames!r}; choose one of {list(FRAME_MODES)}")
         if not 0.0 < self.discount <= 1.0:
             raise ValueError(f"objective discount must be in (0, 1], got {self.discount}")
-        for name in ("proprio_weight", "readout_weight", "latent_weight"):
-            if (getattr(self, name) or 0.0) < 0:
-                raise ValueError(f"objective {name} must be >= 0, got {getattr(self, name)}")
-        if self.latent_weight == 0 and self.proprio_weight == 0 and not self.readout_weight:
-            raise ValueError("objective latent_weight, proprio_weight and readout_weight are all 0: nothing to minimise")
+        for name in ("proprio_weight", "readout_weight", "latent_weight", "critic_weight"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"objective {name} must be a finite number >= 0, got {value!r}")
+        if self.latent_weight == 0 and self.proprio_weight == 0 and not self.readout_weight and not self.critic_weight:
+            raise ValueError("objective latent_weight, critic_weight, proprio_weight and readout_weight are all 0: "
+                             "nothing to minimise")
 
     @property
     def needs_proprio(self) -> bool:
@@ -188,7 +213,13 @@ def build_cost_fn(
             expanded[samples] = tuple(None if x is None else x.repeat_interleave(samples, dim=0) for x in context)
         return expanded[samples]
 
-    def latent_cost(actions: Tensor) -> Tensor:
+    goal_critic = None
+    if config.critic_weight > 0:
+        with torch.no_grad():
+            goal_critic = world_model.critic.embed(z_goal)[:, None]  # (E, 1, C): embedded once per call
+
+    def predicted_latents(actions: Tensor) -> Tensor:
+        """(E, S, H, A) -> (E*S, H, N, D) predicted latents of frames 1..H."""
         _, S, H, A = actions.shape
         z_ctx, s_ctx, a_ctx = context_for(S)
         flat = actions.reshape(E * S, H, A)
@@ -197,21 +228,34 @@ def build_cost_fn(
             # The KV cache is filled in place, which autograd cannot differentiate through; the
             # gradient planner uses the full re-run path instead.
             kwargs["use_kv_cache"] = False
-        pred = world_model.rollout(z_ctx, s_ctx, flat, **kwargs)  # (E*S, H, N, D)
+        return world_model.rollout(z_ctx, s_ctx, flat, **kwargs)  # (E*S, H, N, D)
+
+    def latent_cost(pred: Tensor) -> Tensor:
+        """(E*S, H, N, D) predictions -> (E, S) frame-weighted distance to the goal latent."""
+        S = pred.shape[0] // E
         if config.frames == "last":
             pred = pred[:, -1:]
         pred = normalize_latents(pred, config.layer_norm).reshape(E, S, pred.shape[1], *pred.shape[-2:])
         per_frame = latent_distance(pred, goal, config.metric)  # (E, S, H') with H' = 1 or H
-        weights = frame_weights(per_frame.shape[-1], config.frames, config.discount, actions.device)
+        weights = frame_weights(per_frame.shape[-1], config.frames, config.discount, pred.device)
         return per_frame @ weights
+
+    def critic_cost(pred: Tensor) -> Tensor:
+        """(E*S, H, N, D) predictions -> (E, S) predicted steps from the last one to the goal."""
+        embedded = world_model.critic.embed(pred[:, -1]).reshape(E, -1, goal_critic.shape[-1])  # (E, S, C)
+        return world_model.critic.embed_distance(embedded, goal_critic)
 
     def cost_fn(actions: Tensor) -> Tensor:
         E_, S, H, A = actions.shape
         if E_ != E:
             raise ValueError(f"cost_fn got actions for {E_} envs, expected {E}")
         cost = actions.new_zeros(E, S)
-        if config.latent_weight > 0:
-            cost = cost + config.latent_weight * latent_cost(actions)
+        if config.latent_weight > 0 or config.critic_weight > 0:
+            pred = predicted_latents(actions)
+            if config.latent_weight > 0:
+                cost = cost + config.latent_weight * latent_cost(pred)
+            if config.critic_weight > 0:
+                cost = cost + config.critic_weight * critic_cost(pred)
         if config.readout_weight > 0:
             cost = cost + config.readout_weight * reached_position_distance(start_readout, actions, goal_readout)
         if config.proprio_weight > 0:

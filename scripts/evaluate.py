@@ -4,7 +4,9 @@
     python scripts/evaluate.py env=reach episodes=50 seed=1000 policy=random    # or policy=expert
 
 Episode i resets the env (start and goal) and the planner with seed + i; num_envs episodes are
-planned together in one batch. Writes output_dir/eval_info.json in LeRobot's shape, up to
+planned together in one batch. ``protocols`` lists the goal protocols: ``anywhere`` (the env's own
+goals over the workspace, at least 15 cm from the start in reach) and ``near`` (the anchors': the
+scene after ``near_steps`` of the collection's exploration policy from the episode's start). Writes output_dir/eval_info.json in LeRobot's shape, up to
 max_videos mp4s and evaluation.png (distance to goal per step and final distances, against the
 success radius). Planning sees only observations and goal images; simulator success is read
 once, at each episode's last step.
@@ -26,12 +28,18 @@ log = logging.getLogger("evaluate")
 
 
 def evaluate(cfg: dict) -> dict:
+    """Every protocol in ``cfg["protocols"]``: each writes <output_dir>/<protocol>/; the first one's
+    report is also <output_dir>/eval_info.json, with every protocol's aggregates under "protocols"."""
     if cfg.get("goal_kind", "image") == "text":  # held-out language goals vs image goals (docs/language.md)
         from jepa_world.language.objective import evaluate_language_goals
 
         return evaluate_language_goals(cfg)
     if cfg.get("goal_kind", "image") != "image":
         raise ValueError(f"goal_kind must be image or text, got {cfg['goal_kind']!r}")
+    protocols = list(cfg.get("protocols") or ["anywhere"])
+    unknown = sorted(set(protocols) - set(ev.GOAL_PROTOCOLS))
+    if unknown or len(set(protocols)) != len(protocols):
+        raise ValueError(f"protocols={protocols}: expected distinct names from {list(ev.GOAL_PROTOCOLS)}")
     ev.set_threads(cfg.get("threads"))
     seeds = ev.episode_seeds(int(cfg["seed"]), int(cfg["episodes"]))
     if int(cfg["max_steps"]) < 1:
@@ -48,30 +56,42 @@ def evaluate(cfg: dict) -> dict:
         envs = [ev.make_env(cfg["env"]) for _ in range(num_envs)]
         agent = ev.BaselinePolicy(policy, envs)
     out = os.path.abspath(cfg["output_dir"])
-    results, video_paths = [], []
-    start = time.perf_counter()
+    reports = {}
     try:
-        with tqdm(total=len(seeds), desc=f"evaluate {cfg['env']['name']}", unit="ep") as bar:
-            for first in range(0, len(seeds), num_envs):
-                batch = seeds[first:first + num_envs]
-                ids = list(range(first, first + len(batch)))
-                record = [ix < int(cfg["max_videos"]) for ix in ids]
-                batch_results, frames = ev.run_episodes(envs[:len(batch)], agent, batch, int(cfg["max_steps"]),
-                                                        episode_ids=ids, record_video=record)
-                for result, episode_frames in zip(batch_results, frames):
-                    if episode_frames:
-                        path = ev.write_video(os.path.join(out, "videos", f"eval_episode_{result.episode_ix}.mp4"),
-                                              episode_frames, fps=int(cfg["fps"]))
-                        result.video_path = str(path)
-                        video_paths.append(str(path))
-                results.extend(batch_results)
-                judged = [r.success for r in results if r.success is not None]
-                bar.update(len(batch))
-                bar.set_postfix(success=f"{sum(judged)}/{len(judged)}" if judged else "n/a")
+        for protocol in protocols:
+            reports[protocol] = evaluate_protocol(cfg, protocol, envs, agent, seeds, os.path.join(out, protocol))
     finally:
         for env in envs:
             env.close()
-    info = ev.eval_info(results, time.perf_counter() - start, video_paths, ev.run_settings(cfg, agent))
+    info = {**reports[protocols[0]], "protocols": {name: report["aggregated"] for name, report in reports.items()}}
+    ev.write_json(os.path.join(out, "eval_info.json"), info)
+    return info
+
+
+def evaluate_protocol(cfg: dict, protocol: str, envs: list, agent, seeds: list[int], out: str) -> dict:
+    num_envs = len(envs)
+    results, video_paths = [], []
+    start = time.perf_counter()
+    with tqdm(total=len(seeds), desc=f"evaluate {cfg['env']['name']} ({protocol})", unit="ep") as bar:
+        for first in range(0, len(seeds), num_envs):
+            batch = seeds[first:first + num_envs]
+            ids = list(range(first, first + len(batch)))
+            record = [ix < int(cfg["max_videos"]) for ix in ids]
+            options = ev.protocol_options(envs[:len(batch)], batch, protocol, int(cfg.get("near_steps", 25)))
+            batch_results, frames = ev.run_episodes(envs[:len(batch)], agent, batch, int(cfg["max_steps"]),
+                                                    episode_ids=ids, reset_options=options, record_video=record)
+            for result, episode_frames in zip(batch_results, frames):
+                if episode_frames:
+                    path = ev.write_video(os.path.join(out, "videos", f"eval_episode_{result.episode_ix}.mp4"),
+                                          episode_frames, fps=int(cfg["fps"]))
+                    result.video_path = str(path)
+                    video_paths.append(str(path))
+            results.extend(batch_results)
+            judged = [r.success for r in results if r.success is not None]
+            bar.update(len(batch))
+            bar.set_postfix(success=f"{sum(judged)}/{len(judged)}" if judged else "n/a")
+    info = ev.eval_info(results, time.perf_counter() - start, video_paths, {**ev.run_settings(cfg, agent),
+                                                                            "protocol": protocol})
     ev.write_json(os.path.join(out, "eval_info.json"), info)
     ev.plot_evaluation(os.path.join(out, "evaluation.png"), results, cfg["env"].get("success_threshold"))
     return info
@@ -80,11 +100,11 @@ def evaluate(cfg: dict) -> dict:
 @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)
 def main(cfg: DictConfig) -> None:
     info = evaluate(OmegaConf.to_container(cfg, resolve=True))
-    agg = info["aggregated"]
-    success = "unknown" if agg["pc_success"] is None else f"{agg['pc_success']:.1f}%"
-    print(f"{cfg.env.name}: success {success} over {agg['n_episodes']} episodes, mean final distance "
-          f"{agg['avg_final_distance']:.3f}, plan_ms_median {agg['plan_ms_median']:.1f}, {agg['eval_s']:.1f}s "
-          f"-> {cfg.output_dir}/eval_info.json")
+    for protocol, agg in info.get("protocols", {"": info["aggregated"]}).items():
+        success = "unknown" if agg["pc_success"] is None else f"{agg['pc_success']:.1f}%"
+        print(f"{cfg.env.name} {protocol}: success {success} over {agg['n_episodes']} episodes, mean final distance "
+              f"{agg['avg_final_distance']:.3f}, plan_ms_median {agg['plan_ms_median']:.1f}, {agg['eval_s']:.1f}s "
+              f"-> {cfg.output_dir}/{protocol}/eval_info.json")
 
 
 if __name__ == "__main__":

@@ -121,14 +121,19 @@ class FeatureCache:
 
 def cache_components(world_model, dataset: TrajectoryDataset, frame_hw: tuple[int, int]) -> dict[str, Any]:
     """Everything the cached features depend on; the key is a hash of this."""
-    return {
+    latent_keys = ("latent", "latent_dim", "projector_hidden", "latent_pool", "normalize_latents", "pixel_mean", "pixel_std")
+    components = {
         "encoder_weights": hash_module_weights(world_model.encoder),
         "encoder_config": world_model.encoder.cfg.to_dict(),
         "dataset": hash_dataset(dataset),
         "camera": dataset.video_key,
         "frame_hw": list(frame_hw),
-        "latents": {k: v for k, v in asdict(world_model.config).items() if k in ("latent_pool", "normalize_latents", "pixel_mean", "pixel_std")},
+        "latents": {k: v for k, v in asdict(world_model.config).items() if k in latent_keys},
     }
+    projector = getattr(world_model, "projector", None)
+    if projector is not None:  # global latents also depend on the projector's weights
+        components["projector_weights"] = hash_module_weights(projector)
+    return components
 
 
 def key_of(components: dict[str, Any]) -> str:
@@ -178,14 +183,28 @@ def _write_cache(path: Path, key: str, components: dict[str, Any], tensors: dict
 @torch.no_grad()
 def encode_dataset(world_model, dataset: TrajectoryDataset, batch_size: int = 64) -> dict[str, Tensor]:
     """Encode every frame of every episode -> the tensors stored in ``features.safetensors``."""
+    device = next(world_model.encoder.parameters()).device
+    return read_dataset(dataset, lambda frames: world_model.encode(frames.to(device)).cpu(), batch_size, "encoding frames")
+
+
+def load_frames(data_root: str | os.PathLike, camera: str | None = None) -> FeatureCache:
+    """Every frame of a dataset decoded once into memory, as a FeatureCache whose ``latents`` are the
+    (F, 3, H, W) uint8 frames: end-to-end post-training draws windows of pixels with ``WindowSampler``."""
+    dataset = TrajectoryDataset(data_root, num_frames=2, split="all", camera=camera)
+    check_finite(dataset)
+    return FeatureCache(path=Path(data_root), key="frames", **read_dataset(dataset, lambda frames: frames, 256, "decoding frames"))
+
+
+def read_dataset(dataset: TrajectoryDataset, transform, batch_size: int, desc: str) -> dict[str, Tensor]:
+    """``transform`` ((b, 3, H, W) uint8 frames -> (b, ...)) over every frame, with the episodes' actions,
+    states and layout: the tensors of a ``FeatureCache``."""
     latents, actions, states, lengths = [], [], [], []
     frames_total = sum(e.length for e in dataset.episodes)
-    device = next(world_model.encoder.parameters()).device
-    with tqdm(total=frames_total, desc="encoding frames", unit="frame", disable=None) as bar:
+    with tqdm(total=frames_total, desc=desc, unit="frame", disable=None) as bar:
         for position, episode in enumerate(dataset.episodes):
             frames = torch.from_numpy(dataset.read_frames(position, np.arange(episode.length)))  # (L, H, W, 3)
             for chunk in frames.split(batch_size):
-                latents.append(world_model.encode(chunk.to(device).permute(0, 3, 1, 2)).cpu())  # (b, N, D)
+                latents.append(transform(chunk.permute(0, 3, 1, 2).contiguous()))  # (b, ...)
                 bar.update(len(chunk))
             episode_actions, episode_states = dataset.episode_arrays(position)
             actions.append(torch.from_numpy(np.ascontiguousarray(episode_actions, dtype=np.float32)))
