@@ -11,7 +11,7 @@ belongs to the energy itself, not to the predictor:
   * latent: the world model's planning latent L1 (encode, layer-normed, pooled);
   * readout: the distance between the end effector the action reaches and the readout's decoding
     of the goal image (needs a model with a state readout).
-Prints success rate and median final distance (docs/default_model.md, gap analysis).
+Prints success rate and median final distance (docs/frozen_readout_baseline.md, gap analysis).
 """
 from __future__ import annotations
 

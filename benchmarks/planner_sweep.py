@@ -4,7 +4,7 @@
         [--variant NAME="override override ..."] ... [--out outputs/sweep]
 
 Each variant is a list of evaluate.py overrides (Hydra syntax) run over the same seeded episodes;
-the default grid is the one that chose the shipped default (docs/default_model.md). Sweep on seeds
+the default grid is the one that chose the shipped default (docs/frozen_readout_baseline.md). Sweep on seeds
 other than the 1000-1049 of the reported evaluation, so the default is not tuned on its own test.
 Prints a markdown table and writes OUT/sweep.json.
 """

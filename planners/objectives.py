@@ -46,8 +46,8 @@ from torch import Tensor
 from planners.base import CostFn
 
 METRICS = ("l1", "l2", "cosine")
-DEFAULT_READOUT_WEIGHT = 1.0  # chosen by the sweep in docs/default_model.md
-DEFAULT_CRITIC_WEIGHT = 1.0  # the critic counts steps; the latent term adds precision near the goal
+DEFAULT_READOUT_WEIGHT = 1.0  # chosen by the sweep in docs/frozen_readout_baseline.md
+DEFAULT_CRITIC_WEIGHT = 0.2  # x the critic's steps beside the latent L1: the sweep in docs/world_model.md
 FRAME_MODES = ("last", "all")
 
 
@@ -65,25 +65,17 @@ class ObjectiveConfig:
     def resolve(self, world_model) -> ObjectiveConfig:
         """A copy with ``readout_weight``, ``critic_weight`` and ``layer_norm`` made concrete for this
         world model (see the module doc)."""
-        has_readout = getattr(world_model, "state_readout", None) is not None
-        weight = self.readout_weight
-        if weight is None:
-            weight = DEFAULT_READOUT_WEIGHT if has_readout else 0.0
-        elif weight > 0 and not has_readout:
-            raise ValueError(f"objective readout_weight={weight} needs a world model with a state readout "
-                             "(post-train with state_readout.state_dims=[...]); this one has none")
-        has_critic = getattr(world_model, "critic", None) is not None
-        critic_weight = self.critic_weight
-        if critic_weight is None:
-            critic_weight = DEFAULT_CRITIC_WEIGHT if has_critic else 0.0
-        elif critic_weight > 0 and not has_critic:
-            raise ValueError(f"objective critic_weight={critic_weight} needs a world model with a temporal-distance "
-                             "critic (post-train with critic={}); this one has none")
+        readout_weight = head_weight(self.readout_weight, getattr(world_model, "state_readout", None) is not None,
+                                     DEFAULT_READOUT_WEIGHT, "readout_weight",
+                                     "a state readout (post-train with state_readout.state_dims=[...])")
+        critic_weight = head_weight(self.critic_weight, getattr(world_model, "critic", None) is not None,
+                                    DEFAULT_CRITIC_WEIGHT, "critic_weight",
+                                    "a temporal-distance critic (post-train with critic={})")
         layer_norm = self.layer_norm
         if layer_norm is None:
             world_model_config = getattr(world_model, "config", None)
             layer_norm = bool(getattr(world_model_config, "normalize_latents", True))
-        return replace(self, readout_weight=float(weight), critic_weight=float(critic_weight), layer_norm=layer_norm)
+        return replace(self, readout_weight=readout_weight, critic_weight=critic_weight, layer_norm=layer_norm)
 
     def validate(self) -> None:
         if self.metric not in METRICS:
@@ -104,6 +96,16 @@ class ObjectiveConfig:
     def needs_proprio(self) -> bool:
         """Whether the cost uses the observed proprio state, whatever the predictor takes."""
         return self.proprio_weight > 0 or bool(self.readout_weight)
+
+
+def head_weight(weight: float | None, has_head: bool, default: float, name: str, head: str) -> float:
+    """An objective term's weight for a world-model head: None -> ``default`` if the model has the head,
+    else 0; a positive weight for a head the model lacks is an error naming the key."""
+    if weight is None:
+        return default if has_head else 0.0
+    if weight > 0 and not has_head:
+        raise ValueError(f"objective {name}={weight} needs a world model with {head}; this one has none")
+    return float(weight)
 
 
 def uses_states(world_model) -> bool:

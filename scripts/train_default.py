@@ -92,15 +92,19 @@ def main(cfg: DictConfig) -> None:
 
     record["pretrain"]["final"] = last_metrics(pretrain_dir / "metrics.jsonl")
     record["posttrain"]["final"] = last_metrics(posttrain_dir / "metrics.jsonl")
-    aggregated = json.loads((eval_dir / "eval_info.json").read_text()).get("aggregated", {})
+    evaluation = json.loads((eval_dir / "eval_info.json").read_text())
+    aggregated = evaluation.get("aggregated", {})
     record["evaluate"]["aggregated"] = aggregated
+    record["evaluate"]["protocols"] = evaluation.get("protocols", {})
     record["total_wall_s"] = round(time.perf_counter() - start, 1)
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("recipe finished in %.1fs: %s", record["total_wall_s"], aggregated)
     if cfg.ship:
         ship(posttrain_dir / "checkpoints" / "last", ROOT / str(cfg.ship_dir), record)
-    print(f"{env_name} recipe: pc_success {aggregated.get('pc_success')} in {record['total_wall_s']:.0f}s -> {out / 'recipe.json'}")
+    successes = {name: agg.get("pc_success") for name, agg in record["evaluate"]["protocols"].items()}
+    print(f"{env_name} recipe: pc_success {successes or aggregated.get('pc_success')} in {record['total_wall_s']:.0f}s "
+          f"-> {out / 'recipe.json'}")
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from jepa_world.training.posttrain import (
 )
 from jepa_world.training.run import read_metrics
 from jepa_world.world_model import WorldModel, WorldModelConfig
-from planners.objectives import ObjectiveConfig, build_cost_fn
+from planners.objectives import DEFAULT_CRITIC_WEIGHT, ObjectiveConfig, build_cost_fn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -167,7 +167,7 @@ def test_planning_cost_uses_the_critic_by_default():
     torch.testing.assert_close(default, latent_only + critic_only)
     pred = wm.rollout(z0.repeat_interleave(5, 0), None, actions.reshape(10, 1, 3))[:, -1]
     expected = wm.critic.distance(pred, z_goal.repeat_interleave(5, 0)).reshape(2, 5)
-    torch.testing.assert_close(critic_only, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(critic_only, DEFAULT_CRITIC_WEIGHT * expected, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input

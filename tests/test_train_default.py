@@ -23,10 +23,10 @@ TOY = [
     "collect.episodes=6",
     hydra_list("pretrain", ["model=micro", "max_steps=4", "batch_size=4", "data.frame_step=2", "log_every=2",
                             "checkpoint_every=4"]),
-    hydra_list("posttrain", ["max_steps=6", "predictor.size=micro",
-                             "state_tokens=false", "world_model.latent_pool=2", "num_frames=4", "batch_size=4",
-                             "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6",
-                             "state_readout.state_dims=[0,1,2]", "readout_batch_size=16"]),
+    hydra_list("posttrain", ["mode=end_to_end", "loss=mse", "world_model.latent=global",
+                             "world_model.normalize_latents=false", "state_tokens=false", "max_steps=6",
+                             "predictor.size=micro", "num_frames=4", "batch_size=4", "eval_every=6", "eval_windows=16",
+                             "log_every=2", "save_every=6", "critic={}", "critic_steps=4", "critic_pairs=32"]),
     hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
                             "planner.elites=2", "planner.iterations=2", "max_videos=1"]),
 ]
@@ -49,14 +49,15 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
         assert record[stage]["wall_s"] > 0, stage
         assert "scripts/" in record[stage]["command"]
     assert record["pretrain"]["final"]["step"] == 4
-    assert record["posttrain"]["final"]["step"] == 6
+    assert record["posttrain"]["final"]["step"] == 10  # 6 prediction steps + 4 critic steps
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
     assert sorted(p.name for p in ship_dir.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
     from jepa_world.world_model import WorldModel
     model = WorldModel.from_pretrained(ship_dir)
-    assert model.predictor.config.frame_tokens == 16  # 8x8 encoder grid pooled 2x2
-    assert model.state_readout.config.state_dims == (0, 1, 2)  # the end-effector readout ships with it
+    assert model.predictor.config.frame_tokens == 1  # one global embedding per frame
+    assert model.state_readout is None and model.critic is not None  # the world model plans by itself
+    assert set(record["evaluate"]["protocols"]) == {"anywhere", "near"}
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
     # A rerun into the same output_dir skips every finished stage instead of redoing it.

@@ -5,7 +5,7 @@ is trained during post-training, on the frozen encoder's latents of the same tra
 regress chosen state dims; at planning time it decodes them from the goal image's latent, so an
 objective can add "how far will the end effector be from where the goal image shows it"
 (``planners.objectives``) to the latent energy. The latent distance of a thin arm to its goal
-pose is flat once the two stop overlapping (docs/default_model.md); the decoded position gives
+pose is flat once the two stop overlapping (docs/frozen_readout_baseline.md); the decoded position gives
 the planner a slope everywhere.
 
     readout = StateReadout(StateReadoutConfig(frame_tokens=64, dim=96, state_dims=(0, 1, 2)))
@@ -14,7 +14,7 @@ the planner a slope everywhere.
 It reads the encoder's token grid pooled by its own ``latent_pool`` (default 1: the full grid),
 not the world model's planning latents: average-pooling 2x2 patches for cheap planning loses
 where inside the patch the arm is (held-out median error 7.8 cm pooled vs 3.2 cm unpooled with the
-same readout, docs/default_model.md). ``WorldModel.decode_state(frames)`` does the encoding.
+same readout, docs/frozen_readout_baseline.md). ``WorldModel.decode_state(frames)`` does the encoding.
 
 ``state_dims[i]`` is also the state dim that action dim i displaces (end-effector delta actions,
 as in V-JEPA 2-AC), which is how the objective predicts the state a plan ends in.

@@ -37,6 +37,8 @@ PANELS: tuple[Panel, ...] = (
     Panel("held-out latent L1", lambda k: k.startswith(("val_l1", "copy_last_l1")), log_scale=True),
     Panel("predictor / copy-last (held-out)", lambda k: k.startswith("ratio_"), reference=1.0),
     Panel("state readout error (m)", lambda k: k.startswith("readout_err")),
+    Panel("plannability: rank correlation (held-out)", lambda k: k.startswith("plan_spearman_")),
+    Panel("embedding effective rank (held-out)", lambda k: k == "effective_rank"),
     Panel("accuracy", lambda k: k.endswith("accuracy")),
     Panel("gradient norm", lambda k: k == "grad_norm", log_scale=True),
     Panel("learning rate", lambda k: k == "lr"),

@@ -87,7 +87,7 @@ RANDOM_ENCODER_PREFIX = "random:"
 MODES: tuple[str, ...] = ("frozen", "end_to_end")
 LOSSES: tuple[str, ...] = ("l1", "mse")
 TARGETS: tuple[str, ...] = ("online", "ema")
-DEFAULT_SIGREG_WEIGHT = 0.01  # end_to_end with online targets; chosen by the sweep in docs/world_model.md
+DEFAULT_SIGREG_WEIGHT = 0.002  # end_to_end with online targets; chosen by the sweep in docs/world_model.md
 # Settings that must not change when resuming into an existing output_dir.
 RESUME_KEYS: tuple[str, ...] = (
     "run.encoder", "run.num_frames", "run.frame_step", "run.action_merge", "run.rollout_steps", "run.batch_size",
@@ -138,7 +138,7 @@ class PosttrainConfig:
     stop_after: int | None = None  # end this invocation after this many steps (preemptible jobs); resume later
     mode: str = "frozen"  # frozen: cached features of a fixed encoder; end_to_end: the encoder trains too
     loss: str = "l1"  # prediction loss: l1 (V-JEPA 2-AC) or mse (LeWorldModel)
-    sigreg: dict[str, Any] = field(default_factory=dict)  # SIGRegConfig fields; end_to_end default weight 0.01
+    sigreg: dict[str, Any] = field(default_factory=dict)  # SIGRegConfig fields; end_to_end default weight 0.002
     target: str = "online"  # end_to_end targets: online embeddings (LeWM, with SIGReg) or an EMA copy's
     ema_momentum: float = 0.996
     encoder_lr_scale: float = 1.0  # encoder (and projector) LR as a multiple of the predictor's
