@@ -39,6 +39,7 @@ PANELS: tuple[Panel, ...] = (
     Panel("state readout error (m)", lambda k: k.startswith("readout_err")),
     Panel("plannability: rank correlation (held-out)", lambda k: k.startswith("plan_spearman_")),
     Panel("embedding effective rank (held-out)", lambda k: k == "effective_rank"),
+    Panel("embedding std (held-out)", lambda k: k == "embedding_std", log_scale=True),
     Panel("accuracy", lambda k: k.endswith("accuracy")),
     Panel("gradient norm", lambda k: k == "grad_norm", log_scale=True),
     Panel("learning rate", lambda k: k == "lr"),

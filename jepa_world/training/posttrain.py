@@ -678,7 +678,9 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         result.update(evaluate_plannability(world_model, latents, val_eps, cfg.plannability_pairs,
                                             critic.config.max_offset if critic is not None else 49,
                                             cfg.plannability_state_dims))
-        result["effective_rank"] = effective_rank(latents.latents[episode_rows(latents, val_eps)].flatten(1))
+        held_out = latents.latents[episode_rows(latents, val_eps)].flatten(1)  # (F, N*D)
+        result["effective_rank"] = effective_rank(held_out)
+        result["embedding_std"] = held_out.std(0).mean().item()  # -> 0 as the embedding collapses
         if readout_val_rows is not None:
             result.update(evaluate_readout(readout, readout_cache, readout_val_rows))
         return result
