@@ -204,3 +204,23 @@ def test_script_under_torchrun_two_processes(reach_data, tmp_path):
     WorldModel.from_pretrained(out / "checkpoints" / "last")
     saved = json.loads((out / "checkpoints" / "last" / "config.json").read_text())
     assert saved["run"]["max_steps"] == 4
+
+
+@pytest.mark.slow
+def test_end_to_end_under_torchrun_two_processes(reach_data, tmp_path):
+    """End-to-end mode (trainable encoder + projector, SIGReg, then the critic on rank 0) under DDP."""
+    out = tmp_path / "ddp_e2e"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "scripts/posttrain.py",
+           f"data={reach_data}", "encoder=random:micro", "mode=end_to_end", "loss=mse", "world_model.latent=global",
+           "world_model.normalize_latents=false", "world_model.latent_dim=16", "state_tokens=false", "max_steps=4",
+           f"output_dir={out}", "batch_size=4", "num_frames=4", "predictor.size=micro", "+random_encoder.depth=1",
+           "log_every=2", "save_every=4", "eval_every=4", "eval_horizons=[1,2]", "val_fraction=0.25", "device=cpu",
+           "critic={}", "critic_steps=2", "critic_pairs=16"]
+    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "terminate called" not in result.stderr
+    steps = [r["step"] for r in read_metrics(out / "metrics.jsonl")]
+    assert steps[:2] == [2, 4] and steps[-1] == 6  # rank 0 writes once; 4 prediction + 2 critic steps
+    model = WorldModel.from_pretrained(out / "checkpoints" / "last")
+    assert model.critic is not None and model.projector is not None
