@@ -14,7 +14,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -421,12 +421,15 @@ def plot_energy(path: str | os.PathLike, result: EpisodeResult, iteration_costs:
     return save_figure(fig, path)
 
 
-def plot_evaluation(path: str | os.PathLike, results: Sequence[EpisodeResult], success_threshold: float | None = None) -> Path | None:
-    """evaluation.png: every episode's simulator distance to its goal per step (green: success, red: miss,
-    grey: not judged) and the sorted final distances, both against the success radius. None when no
-    episode has a judged distance (image-only goals)."""
-    judged = [r for r in results if r.distances and np.isfinite(np.asarray(r.distances, dtype=np.float64)).any()]
-    if not judged:
+def plot_evaluation(path: str | os.PathLike, rows: Mapping[str, Sequence[EpisodeResult]],
+                    success_threshold: float | None = None) -> Path | None:
+    """evaluation.png, one row per goal protocol in ``rows``: every episode's simulator distance to its
+    goal per step (green: success, red: miss, grey: not judged) and the sorted final distances, both
+    against the success radius. None when no episode has a judged distance (image-only goals)."""
+    judged_rows = {name: [r for r in results if r.distances and np.isfinite(np.asarray(r.distances, dtype=np.float64)).any()]
+                   for name, results in rows.items()}
+    judged_rows = {name: judged for name, judged in judged_rows.items() if judged}
+    if not judged_rows:
         return None
     import matplotlib
 
@@ -434,24 +437,26 @@ def plot_evaluation(path: str | os.PathLike, results: Sequence[EpisodeResult], s
     import matplotlib.pyplot as plt
 
     colour = {True: "tab:green", False: "tab:red", None: "tab:grey"}
-    fig, (curves, finals) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for result in judged:
-        curves.plot(np.arange(1, len(result.distances) + 1), result.distances, color=colour[result.success],
-                    linewidth=0.8, alpha=0.6)
-    curves.set_xlabel("step")
-    curves.set_ylabel("distance to goal (m, simulator)")
-    ordered = sorted(judged, key=lambda r: r.final_distance if r.final_distance is not None else math.inf)
-    finals.bar(np.arange(len(ordered)), [r.final_distance or 0.0 for r in ordered],
-               color=[colour[r.success] for r in ordered])
-    finals.set_xlabel("episode (sorted by final distance)")
-    finals.set_ylabel("final distance (m)")
-    successes = sum(r.success is True for r in judged)
-    finals.set_title(f"{successes}/{len(judged)} within the success radius", fontsize=10)
-    curves.set_title(f"{len(judged)} episodes", fontsize=10)
-    if success_threshold is not None:
-        for ax in (curves, finals):
-            ax.axhline(success_threshold, color="black", linewidth=0.8, linestyle="--", label="success radius")
-        curves.legend(fontsize=8)
+    fig, axes = plt.subplots(len(judged_rows), 2, figsize=(10, 3.6 * len(judged_rows)), squeeze=False)
+    for (name, judged), (curves, finals) in zip(judged_rows.items(), axes):
+        for result in judged:
+            curves.plot(np.arange(1, len(result.distances) + 1), result.distances, color=colour[result.success],
+                        linewidth=0.8, alpha=0.6)
+        curves.set_xlabel("step")
+        curves.set_ylabel("distance to goal (m, simulator)")
+        ordered = sorted(judged, key=lambda r: r.final_distance if r.final_distance is not None else math.inf)
+        finals.bar(np.arange(len(ordered)), [r.final_distance or 0.0 for r in ordered],
+                   color=[colour[r.success] for r in ordered])
+        finals.set_xlabel("episode (sorted by final distance)")
+        finals.set_ylabel("final distance (m)")
+        successes = sum(r.success is True for r in judged)
+        prefix = f"{name}: " if name else ""
+        finals.set_title(f"{prefix}{successes}/{len(judged)} within the success radius", fontsize=10)
+        curves.set_title(f"{prefix}{len(judged)} episodes", fontsize=10)
+        if success_threshold is not None:
+            for ax in (curves, finals):
+                ax.axhline(success_threshold, color="black", linewidth=0.8, linestyle="--", label="success radius")
+            curves.legend(fontsize=8)
     fig.tight_layout()
     return save_figure(fig, path)
 

@@ -29,7 +29,8 @@ log = logging.getLogger("evaluate")
 
 def evaluate(cfg: dict) -> dict:
     """Every protocol in ``cfg["protocols"]``: each writes <output_dir>/<protocol>/; the first one's
-    report is also <output_dir>/eval_info.json, with every protocol's aggregates under "protocols"."""
+    report is also <output_dir>/eval_info.json, with every protocol's aggregates under "protocols", and
+    <output_dir>/evaluation.png plots every protocol, one row each."""
     if cfg.get("goal_kind", "image") == "text":  # held-out language goals vs image goals (docs/language.md)
         from jepa_world.language.objective import evaluate_language_goals
 
@@ -56,19 +57,23 @@ def evaluate(cfg: dict) -> dict:
         envs = [ev.make_env(cfg["env"]) for _ in range(num_envs)]
         agent = ev.BaselinePolicy(policy, envs)
     out = os.path.abspath(cfg["output_dir"])
-    reports = {}
+    reports, results = {}, {}
     try:
         for protocol in protocols:
-            reports[protocol] = evaluate_protocol(cfg, protocol, envs, agent, seeds, os.path.join(out, protocol))
+            reports[protocol], results[protocol] = evaluate_protocol(cfg, protocol, envs, agent, seeds,
+                                                                     os.path.join(out, protocol))
     finally:
         for env in envs:
             env.close()
     info = {**reports[protocols[0]], "protocols": {name: report["aggregated"] for name, report in reports.items()}}
     ev.write_json(os.path.join(out, "eval_info.json"), info)
+    ev.plot_evaluation(os.path.join(out, "evaluation.png"), results, cfg["env"].get("success_threshold"))
     return info
 
 
-def evaluate_protocol(cfg: dict, protocol: str, envs: list, agent, seeds: list[int], out: str) -> dict:
+def evaluate_protocol(cfg: dict, protocol: str, envs: list, agent, seeds: list[int],
+                      out: str) -> tuple[dict, list[ev.EpisodeResult]]:
+    """One protocol's episodes: <out>/eval_info.json, <out>/evaluation.png and up to max_videos mp4s."""
     num_envs = len(envs)
     results, video_paths = [], []
     start = time.perf_counter()
@@ -93,8 +98,8 @@ def evaluate_protocol(cfg: dict, protocol: str, envs: list, agent, seeds: list[i
     info = ev.eval_info(results, time.perf_counter() - start, video_paths, {**ev.run_settings(cfg, agent),
                                                                             "protocol": protocol})
     ev.write_json(os.path.join(out, "eval_info.json"), info)
-    ev.plot_evaluation(os.path.join(out, "evaluation.png"), results, cfg["env"].get("success_threshold"))
-    return info
+    ev.plot_evaluation(os.path.join(out, "evaluation.png"), {protocol: results}, cfg["env"].get("success_threshold"))
+    return info, results
 
 
 @hydra.main(config_path="../conf", config_name="evaluate", version_base=None)

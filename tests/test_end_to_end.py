@@ -141,7 +141,7 @@ def test_end_to_end_run_saves_every_trained_part_and_resumes_exactly(reach_data,
                        critic_steps=4, critic_pairs=64, stop_after=3)
     run_posttrain(split)
     run_posttrain(e2e_config(reach_data, tmp_path / "split", critic={"hidden_dim": 32, "dim": 8, "max_offset": 10},
-                             critic_steps=4, critic_pairs=64))
+                             critic_steps=4, critic_pairs=64, resume=True))
     a = WorldModel.from_pretrained(tmp_path / "full" / "checkpoints" / "last")
     b = WorldModel.from_pretrained(tmp_path / "split" / "checkpoints" / "last")
     for (name, x), (_, y) in zip(module_tensors(a.trained_modules()).items(), module_tensors(b.trained_modules()).items()):

@@ -167,7 +167,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
         train_language(make_cfg(tmp_path / "resumed", *tiny))
     assert (tmp_path / "resumed/checkpoints/last").is_dir() and not (tmp_path / "resumed/language_head").exists()
     monkeypatch.setattr(train_module, "info_nce", real_info_nce)
-    resumed = train_language(make_cfg(tmp_path / "resumed", *tiny))
+    resumed = train_language(make_cfg(tmp_path / "resumed", *tiny, "train.resume=true"))
 
     a, b = _final_head(tmp_path / "whole"), _final_head(tmp_path / "resumed")
     assert a.keys() == b.keys()
@@ -184,7 +184,7 @@ def test_resume_refuses_a_changed_config(tmp_path):
             "data.steps=12"]
     train_language(make_cfg(tmp_path, *tiny))
     with pytest.raises(Exception, match=r"config mismatch.*'head'"):
-        train_language(make_cfg(tmp_path, *tiny, "head.depth=3", "train.steps=4"))
+        train_language(make_cfg(tmp_path, *tiny, "head.depth=3", "train.steps=4", "train.resume=true"))
 
 
 @pytest.mark.slow

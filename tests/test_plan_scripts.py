@@ -207,11 +207,11 @@ def test_evaluation_plot_colours_episodes_by_outcome_and_skips_unjudged_runs(tmp
                                 steps=len(distances), distances=distances)
 
     results = [episode(0, True, [0.4, 0.2, 0.01]), episode(1, False, [0.4, 0.3, 0.2])]
-    out = ev.plot_evaluation(tmp_path / "evaluation.png", results, success_threshold=0.05)
+    out = ev.plot_evaluation(tmp_path / "evaluation.png", {"anywhere": results}, success_threshold=0.05)
     pixels = np.asarray(Image.open(out).convert("RGB")).reshape(-1, 3).astype(int)
     green = ((pixels[:, 1] > 100) & (pixels[:, 0] < 80) & (pixels[:, 2] < 80)).sum()
     red = ((pixels[:, 0] > 180) & (pixels[:, 1] < 80) & (pixels[:, 2] < 80)).sum()
     assert green > 100 and red > 100  # one success and one miss, both drawn
     unjudged = [ev.EpisodeResult(episode_ix=0, seed=0, success=None, final_distance=None, steps=2,
                                  distances=[float("nan")] * 2)]
-    assert ev.plot_evaluation(tmp_path / "none.png", unjudged) is None and not (tmp_path / "none.png").exists()
+    assert ev.plot_evaluation(tmp_path / "none.png", {"anywhere": unjudged}) is None and not (tmp_path / "none.png").exists()

@@ -91,9 +91,9 @@ def test_trained_world_model_plans_closer_than_random(tmp_path, single_thread):
 def test_end_to_end_model_reaches_near_goals_on_its_own_latents(tmp_path):
     """Issue #12's CI-sized run: collect a small reach dataset, post-train end to end (encoder,
     projector, predictor, then the temporal-distance critic) with the real script, and plan on the
-    latent + critic energy alone (no readout, no simulator state) toward 10 "near" goals. The encoder
-    starts from the shipped end-to-end model's ViT (a world-model directory, one of the supported
-    inits); projector, predictor and critic start from scratch."""
+    latent + critic energy alone (no readout, no simulator state) toward 10 "near" goals. The latent
+    encoder (ViT + projector) starts from the shipped end-to-end model's (a world-model directory,
+    one of the supported inits) and keeps training; predictor and critic start from scratch."""
     data, out = tmp_path / "data", tmp_path / "e2e"
     run_script("scripts/collect.py", "env=reach", "episodes=150", f"output_dir={data}", "workers=2", "seed=0")
     run_script("scripts/posttrain.py", f"data={data}", f"encoder={ROOT / 'checkpoints' / 'reach-default'}",

@@ -87,7 +87,7 @@ def test_posttrain_resumes_exactly_and_writes_a_world_model(reach_data, tmp_path
     assert straight.steps == 6
     interrupted = small_config(reach_data, tmp_path / "split", stop_after=3)
     assert run_posttrain(interrupted).steps == 3
-    assert run_posttrain(small_config(reach_data, tmp_path / "split")).steps == 6  # resumes at 3
+    assert run_posttrain(small_config(reach_data, tmp_path / "split", resume=True)).steps == 6  # resumes at 3
     a = read_tensors(tmp_path / "straight" / "checkpoints" / "last")
     b = read_tensors(tmp_path / "split" / "checkpoints" / "last")
     for key in a:

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from jepa_world.training import checkpoint as ckpt
 from jepa_world.training.pretrain import ConfigError, pretrain
-from jepa_world.training.run import NonFiniteLossError, read_metrics
+from jepa_world.training.run import NonFiniteLossError, RunDirectoryError, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "pretrain.py"
@@ -104,11 +104,11 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_resume_failures_are_loud(tmp_path):
-    with pytest.raises(ckpt.CheckpointError, match=r"resume=true but there is no checkpoint at .*checkpoints/last"):
+    with pytest.raises(RunDirectoryError, match=r"resume=true but there is no checkpoint at .*checkpoints/last"):
         pretrain(tiny_config(tmp_path / "empty", "max_steps=2", "resume=true"))
     out = tmp_path / "run"
     pretrain(tiny_config(out, "max_steps=2"))
-    with pytest.raises(ConfigError, match="already holds a checkpoint"):
+    with pytest.raises(RunDirectoryError, match="already holds a checkpoint"):
         pretrain(tiny_config(out, "max_steps=2"))
     with pytest.raises(ckpt.CheckpointError, match=r"'model.predictor.depth' was 1 there but is 2 now|'model' was"):
         pretrain(tiny_config(out, "max_steps=4", "resume=true", "model.predictor.depth=2"))

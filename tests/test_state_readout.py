@@ -141,7 +141,7 @@ def test_posttrain_learns_a_readout_better_than_the_mean_and_resumes_exactly(rea
 
     # Resuming with the readout restores it and its optimizer state exactly.
     run_posttrain(config(tmp_path / "split", max_steps=20, save_every=10, stop_after=10))
-    run_posttrain(config(tmp_path / "split", max_steps=20, save_every=10))
+    run_posttrain(config(tmp_path / "split", max_steps=20, save_every=10, resume=True))
     run_posttrain(config(tmp_path / "straight", max_steps=20, save_every=10))
     a = WorldModel.from_pretrained(tmp_path / "split" / "checkpoints" / "last").state_readout.state_dict()
     b = WorldModel.from_pretrained(tmp_path / "straight" / "checkpoints" / "last").state_readout.state_dict()

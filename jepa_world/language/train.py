@@ -67,6 +67,7 @@ from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
     capture_rng_state,
+    claim_run_directory,
     seed_everything,
     setup_logging,
 )
@@ -213,6 +214,7 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
     _validate(cfg)
     info = init_distributed(cfg.device)
     out = Path(cfg.output_dir)
+    resume_dir = claim_run_directory(out, cfg.train.resume, info.is_main)
     setup_logging(out, info.is_main)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -244,8 +246,8 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
 
     last = out / "checkpoints" / "last"
     start = 0
-    if cfg.train.resume and last.is_dir():
-        start = resume_from(last, {"head": head}, optimizer, resolved, RESUME_KEYS)
+    if resume_dir is not None:
+        start = resume_from(resume_dir, {"head": head}, optimizer, resolved, RESUME_KEYS, info.world_size)
     model = wrap_ddp(head, info)
     metrics_writer = MetricsWriter(out / "metrics.jsonl", info.is_main, resume_step=start if start else None)
     guard = NonFiniteGuard(info.device)
@@ -256,7 +258,8 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
         guard.check()
         if info.is_main:
             save_checkpoint(last, module_tensors({"head": unwrap(model)}), resolved,
-                            {"optimizer": optimizer.state_dict(), "rng": capture_rng_state(), "step": step})
+                            {"optimizer": optimizer.state_dict(), "rng": capture_rng_state(), "step": step,
+                             "world_size": info.world_size})
             refresh_run_curves(out)
 
     model.train()

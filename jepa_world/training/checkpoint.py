@@ -257,17 +257,23 @@ def check_config_matches(
 
 def resume_from(
     last: str | os.PathLike, modules: Mapping[str, nn.Module], optimizer: torch.optim.Optimizer,
-    current_config: Mapping[str, Any], must_match: Sequence[str],
+    current_config: Mapping[str, Any], must_match: Sequence[str], world_size: int,
 ) -> int:
     """Restore modules, optimizer and RNG from a checkpoint dir; returns its step.
 
-    Refuses (CheckpointError) when any dotted key in ``must_match`` differs from the saved config.
+    Refuses (CheckpointError) when any dotted key in ``must_match`` differs from the saved config, or
+    when the checkpoint was written by a different number of processes (each rank draws its own
+    batches, so the data order would change).
     """
     from jepa_world.training.run import restore_rng_state  # run imports nothing from here; avoids a cycle
 
     check_config_matches(read_config(last), current_config, must_match, last)
-    load_modules(last, modules)
     state = read_train_state(last)
+    saved_world_size = int(state.get("world_size", 1))  # written since the world size is recorded; older runs: 1
+    if saved_world_size != world_size:
+        raise CheckpointError(f"{last} was written by {saved_world_size} process(es) but this run has {world_size}; "
+                              "the data order would change: resume with the same number of processes")
+    load_modules(last, modules)
     optimizer.load_state_dict(state["optimizer"])
     restore_rng_state(state["rng"])
     log.info("resumed from %s at step %d", last, int(state["step"]))

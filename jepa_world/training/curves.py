@@ -52,12 +52,13 @@ Series = dict[tuple[str, str | None], tuple[list[int], list[float]]]
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:
-    """The JSON objects of a metrics.jsonl file; a malformed line is an error naming file and line."""
+    """The JSON objects of a metrics.jsonl file; a malformed line is an error naming file and line,
+    except a last line cut short by a killed writer, which is dropped with a warning."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path} (a training run writes <output_dir>/metrics.jsonl)")
     records = []
-    for line_no, record in read_jsonl(path):
+    for line_no, record in read_jsonl(path, torn_tail_ok=True):
         if not isinstance(record, dict) or not isinstance(record.get("step"), int):
             raise ValueError(f"{path}:{line_no}: expected a JSON object with an integer 'step', got {json.dumps(record)[:80]}")
         records.append(record)

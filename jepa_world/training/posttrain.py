@@ -18,8 +18,8 @@ plannability diagnostic: rank correlations of latent and critic distances with t
 (and, diagnostic only, with true distance in ``plannability_state_dims``). AdamW with a
 warmup-stable-decay schedule; DDP when launched by torchrun. ``OUT/checkpoints/last`` is a
 world-model directory (``WorldModel.from_pretrained``) that also carries the train state, so a
-rerun with the same output_dir resumes exactly; a non-finite loss stops the run before any
-checkpoint is written.
+rerun with ``resume=true`` continues exactly (a directory holding a run needs it; see
+``claim_run_directory``); a non-finite loss stops the run before any checkpoint is written.
 """
 from __future__ import annotations
 
@@ -76,6 +76,7 @@ from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
     capture_rng_state,
+    claim_run_directory,
     seed_everything,
     setup_logging,
 )
@@ -106,7 +107,7 @@ class PosttrainConfig:
     seed: int = 0
     device: str = "auto"
     threads: int | None = None  # torch intra-op threads per process (1 is fastest on a busy shared CPU)
-    resume: bool = True
+    resume: bool = False  # true continues output_dir's checkpoint; false needs an unused output_dir
     camera: str | None = None
     feature_cache: str | None = None  # explicit cache dir (must match the encoder); None: automatic
     feature_cache_root: str | None = None  # where automatic caches live; None: <data>/.feature_cache
@@ -253,6 +254,24 @@ def load_encoder(spec: str, random_overrides: dict[str, Any], img_size: int, see
     load_modules(directory, {prefix: encoder}, tensors)
     log.info("loaded frozen encoder (%s.*) from %s", prefix, directory)
     return encoder
+
+
+def load_projector(spec: str, world_model: WorldModel) -> bool:
+    """Start ``world_model``'s projector from the one in the world-model directory ``spec`` when that
+    directory has a projector of the same shape (its latent encoder is ViT + projector); True if loaded."""
+    if world_model.projector is None or spec.startswith(RANDOM_ENCODER_PREFIX):
+        return False
+    directory = Path(spec)
+    saved = read_config(directory).get("world_model", {})
+    same_shape = (saved.get("latent") == "global" and saved.get("latent_dim") == world_model.config.latent_dim
+                  and saved.get("projector_hidden") == world_model.config.projector_hidden)
+    tensors = read_tensors(directory)
+    if not same_shape or not any(key.startswith("projector.") for key in tensors):
+        log.info("%s has no projector of this shape: the projector starts from random init", directory)
+        return False
+    load_modules(directory, {"projector": world_model.projector}, tensors)
+    log.info("loaded the projector from %s", directory)
+    return True
 
 
 def dataset_dims(data: str | Path, camera: str | None) -> tuple[int, int, int]:
@@ -565,6 +584,7 @@ def _build_world_model(cfg: PosttrainConfig, seed: int) -> tuple[WorldModel, int
     world_model = WorldModel.create(encoder, action_dim, predictor_state_dim, wm_config, img_size=img_size,
                                     state_readout=dict(cfg.state_readout) if cfg.state_readout.get("state_dims") else None,
                                     critic=None if cfg.critic is None else dict(cfg.critic), **cfg.predictor)
+    load_projector(cfg.encoder, world_model)
     return world_model, action_dim, state_dim
 
 
@@ -584,13 +604,15 @@ def _load_store(cfg: PosttrainConfig, world_model: WorldModel, info) -> FeatureC
 
 
 def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
-    """Train (resuming from ``output_dir/checkpoints/last`` when present). Under torchrun the caller
-    ends the process group with ``finish_distributed`` after using the result."""
+    """Train; ``resume=true`` continues ``output_dir/checkpoints/last`` (``claim_run_directory`` says
+    when a directory may be used). Under torchrun the caller ends the process group with
+    ``finish_distributed`` after using the result."""
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     info = init_distributed(cfg.device)
     started = time.perf_counter()
     output_dir = Path(cfg.output_dir)
+    resume_dir = claim_run_directory(output_dir, cfg.resume, info.is_main)
     setup_logging(output_dir, info.is_main)
     seed_everything(cfg.seed)
     world_model, action_dim, _ = _build_world_model(cfg, cfg.seed)
@@ -651,8 +673,8 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     if info.is_main:
         remove_stale_temp_dirs(last.parent)
     barrier(info)
-    if cfg.resume and last.is_dir():
-        start_step = resume_from(last, trained, optimizer, config_json, RESUME_KEYS)
+    if resume_dir is not None:
+        start_step = resume_from(resume_dir, trained, optimizer, config_json, RESUME_KEYS, info.world_size)
         if target_model is not None:
             target_model.load_state_dict(read_train_state(last)["ema_target"])
     model = wrap_ddp(objective, info)
@@ -663,7 +685,8 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     def save(step: int) -> None:
         guard.check()
         if info.is_main:
-            train_state = {"step": step, "optimizer": optimizer.state_dict(), "rng": capture_rng_state()}
+            train_state = {"step": step, "world_size": info.world_size, "optimizer": optimizer.state_dict(),
+                           "rng": capture_rng_state()}
             if target_model is not None:
                 train_state["ema_target"] = {k: v.detach().cpu() for k, v in target_model.state_dict().items()}
             tensors = module_tensors(world_model.trained_modules())

@@ -55,6 +55,7 @@ from jepa_world.training.run import (
     MetricsWriter,
     NonFiniteGuard,
     capture_rng_state,
+    claim_run_directory,
     restore_rng_state,
     seed_everything,
 )
@@ -372,10 +373,7 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
 
     output_dir = Path(run.output_dir)
     last_dir = output_dir / "checkpoints" / "last"
-    if run.resume and not last_dir.is_dir():
-        raise ckpt.CheckpointError(f"resume=true but there is no checkpoint at {last_dir}; nothing to resume")
-    if not run.resume and last_dir.exists():
-        raise ConfigError(f"output_dir={str(output_dir)!r} already holds a checkpoint ({last_dir}); pass resume=true to continue it or pick a new output_dir")
+    claim_run_directory(output_dir, run.resume, info.is_main)
 
     enc_cfg = encoder_config(cfg)
     generators = mask_generators(cfg)

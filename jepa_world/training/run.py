@@ -1,7 +1,10 @@
-"""Run plumbing shared by the training scripts: seeding, RNG capture, logging set-up,
-a metrics.jsonl writer (with optional TensorBoard), and the non-finite-loss guard."""
+"""Run plumbing shared by the training scripts: the run-directory policy (one resume rule and an
+exclusive lock), seeding, RNG capture, logging set-up, a metrics.jsonl writer (with optional
+TensorBoard), and the non-finite-loss guard."""
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -22,6 +25,73 @@ log = logging.getLogger(__name__)
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/Inf loss; the run stops before writing any checkpoint."""
+
+
+class RunDirectoryError(RuntimeError):
+    """The output directory cannot host this run: it holds another run, is locked, or is not writable."""
+
+
+# --------------------------------------------------------------------------- run directories
+
+LOCK_FILE = ".run.lock"
+_held_locks: dict[Path, Any] = {}  # output_dir -> open lock file; the kernel drops the lock when the process dies
+
+
+def claim_run_directory(output_dir: str | os.PathLike, resume: bool, is_main: bool = True) -> Path | None:
+    """The resume policy of every trainer, applied before any data is touched.
+
+    - ``resume=true`` needs ``output_dir/checkpoints/last``; without it the run fails, never restarts.
+    - ``resume=false`` on a directory holding a checkpoint or a non-empty metrics.jsonl fails:
+      continuing needs ``resume=true``, and a fresh run would overwrite what is there.
+    - Rank 0 takes an exclusive lock on ``output_dir/.run.lock`` for the life of the process, so a
+      second run on the same directory fails at once instead of interleaving its metrics.
+
+    Returns the checkpoint to resume from, or None for a fresh run.
+    """
+    output_dir = Path(output_dir).absolute()
+    last = output_dir / "checkpoints" / "last"
+    metrics = output_dir / "metrics.jsonl"
+    if is_main:
+        _lock(output_dir)
+    if resume:
+        if not last.is_dir():
+            hint = (f"; {metrics} exists, so an earlier run wrote metrics but no checkpoint (killed before its "
+                    "first save?): start a new output_dir" if metrics.is_file() else "")
+            raise RunDirectoryError(f"resume=true but there is no checkpoint at {last}; nothing to resume{hint}")
+        return last
+    if last.exists():
+        raise RunDirectoryError(f"output_dir={str(output_dir)!r} already holds a checkpoint ({last}); "
+                                "pass resume=true to continue it or pick a new output_dir")
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        raise RunDirectoryError(f"output_dir={str(output_dir)!r} holds {metrics.name} from an earlier run but no "
+                                "checkpoint to resume from; pick a new output_dir (or delete that file to start over)")
+    return None
+
+
+def _lock(output_dir: Path) -> None:
+    if output_dir in _held_locks:  # this process already runs here (a later trainer call of one script or test)
+        return
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle = (output_dir / LOCK_FILE).open("a")
+    except OSError as err:
+        raise RunDirectoryError(f"cannot write to output_dir {output_dir}: {err.strerror or err}") from err
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        handle.close()
+        if err.errno in (errno.EAGAIN, errno.EACCES):
+            raise RunDirectoryError(f"output_dir {output_dir} is in use by another run (it holds the lock on "
+                                    f"{output_dir / LOCK_FILE}); wait for it to end or pick a new output_dir") from err
+        raise RunDirectoryError(f"cannot lock {output_dir / LOCK_FILE}: {err.strerror or err}") from err
+    _held_locks[output_dir] = handle
+
+
+def release_run_directory(output_dir: str | os.PathLike) -> None:
+    """Drop this process's lock on ``output_dir`` (a finished run; process exit does the same)."""
+    handle = _held_locks.pop(Path(output_dir).absolute(), None)
+    if handle is not None:
+        handle.close()
 
 
 # --------------------------------------------------------------------------- seeding and RNG
@@ -98,12 +168,15 @@ class MetricsWriter:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():
-            kept = [line for line in self.path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None:
-            self.path.write_text("")
-        self._file = self.path.open("a")
+        try:
+            if resume_step is not None and self.path.exists():
+                kept = [record for record in read_records(self.path) if record["step"] <= resume_step]
+                self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+            elif resume_step is None:
+                self.path.write_text("")
+            self._file = self.path.open("a")
+        except OSError as err:
+            raise RunDirectoryError(f"cannot write the metrics file {self.path}: {err.strerror or err}") from err
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -114,8 +187,11 @@ class MetricsWriter:
     def write(self, record: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
-        self._file.write(json.dumps(dict(record)) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(dict(record)) + "\n")
+            self._file.flush()
+        except OSError as err:
+            raise RunDirectoryError(f"cannot append to the metrics file {self.path}: {err.strerror or err}") from err
         if self._tb is not None:
             for key, value in record.items():
                 if key != "step" and isinstance(value, (int, float)):

@@ -1,0 +1,177 @@
+"""The run-directory policy every trainer shares: one resume rule, an exclusive lock, errors that
+name the path and the cause, metrics that survive a kill mid-line, and SIGKILL at any point of a
+real post-training run leaving a directory that resumes or refuses with a message."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from jepa_world.data.collection import CollectConfig, collect
+from jepa_world.training.checkpoint import read_tensors
+from jepa_world.training.posttrain import PosttrainConfig, run_posttrain
+from jepa_world.training.run import (
+    MetricsWriter,
+    RunDirectoryError,
+    claim_run_directory,
+    read_metrics,
+    release_run_directory,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def make_checkpoint(out: Path) -> None:
+    (out / "checkpoints" / "last").mkdir(parents=True)
+
+
+def test_fresh_directory_is_claimed_and_locked(tmp_path):
+    out = tmp_path / "run"
+    assert claim_run_directory(out, resume=False) is None
+    assert (out / ".run.lock").is_file()
+    assert claim_run_directory(out, resume=False) is None  # the same process may run here again
+    release_run_directory(out)
+
+
+@pytest.mark.parametrize("case, resume, match", [
+    ("empty", True, r"resume=true but there is no checkpoint at .*run/checkpoints/last; nothing to resume$"),
+    ("metrics only", True, r"no checkpoint at .*checkpoints/last.*metrics.jsonl exists.*start a new output_dir"),
+    ("metrics only", False, r"holds metrics.jsonl from an earlier run but no checkpoint"),
+    ("checkpoint", False, r"already holds a checkpoint .*pass resume=true"),
+])
+def test_resume_policy_refuses_what_would_lose_or_mix_runs(tmp_path, case, resume, match):
+    out = tmp_path / "run"
+    out.mkdir()
+    if case != "empty":
+        (out / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+    if case == "checkpoint":
+        make_checkpoint(out)
+    with pytest.raises(RunDirectoryError, match=match):
+        claim_run_directory(out, resume=resume)
+    release_run_directory(out)
+    if case != "empty":
+        assert read_metrics(out / "metrics.jsonl") == [{"step": 2, "loss": 1.0}]  # nothing lost
+
+
+def test_resume_returns_the_checkpoint(tmp_path):
+    make_checkpoint(tmp_path)
+    assert claim_run_directory(tmp_path, resume=True) == tmp_path.absolute() / "checkpoints" / "last"
+    release_run_directory(tmp_path)
+
+
+def test_second_process_on_one_directory_fails_at_once(tmp_path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from jepa_world.training.run import claim_run_directory; "
+         "claim_run_directory(sys.argv[1], resume=False); print('locked', flush=True); time.sleep(60)", str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunDirectoryError, match=r"in use by another run .*\.run\.lock"):
+            claim_run_directory(tmp_path, resume=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert claim_run_directory(tmp_path, resume=False) is None  # the kernel dropped the dead run's lock
+    release_run_directory(tmp_path)
+
+
+def test_unwritable_output_dir_names_the_path_and_the_cause(tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    with pytest.raises(RunDirectoryError, match=r"cannot write to output_dir .*a_file/run: .*(Not a directory|File exists)"):
+        claim_run_directory(blocker / "run", resume=False)
+
+
+def test_metrics_cut_mid_line_resume_and_plot_without_the_torn_record(tmp_path, caplog):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "loss": 0.5}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(path)] == [1, 2]
+    assert "cut short by an interrupted write" in caplog.text
+    writer = MetricsWriter(path, resume_step=2)
+    writer.write({"step": 3, "loss": 0.25})
+    writer.close()
+    assert [r["step"] for r in read_metrics(path)] == [1, 2, 3]
+    path.write_text('{"step": 1}\n{"step": 2, "lo\n{"step": 3}\n')  # damage in the middle is not a torn tail
+    with pytest.raises(ValueError, match=r"metrics.jsonl:2: not valid JSON"):
+        read_metrics(path)
+
+
+# ------------------------------------------------------------------ a real post-training run, killed
+
+@pytest.fixture(scope="module")
+def reach_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("reach") / "data"
+    collect(CollectConfig(env="reach", episodes=6, episode_length=12, output_dir=str(out), workers=0,
+                          env_kwargs={"image_size": 32}))
+    return out
+
+
+TINY = ["encoder=random:micro", "random_encoder.patch_size=8", "random_encoder.depth=1", "predictor.size=micro",
+        "max_steps=40", "batch_size=4", "num_frames=3", "log_every=2", "save_every=4", "eval_every=40",
+        "eval_windows=8", "device=cpu", "threads=1"]
+
+
+def posttrain_cmd(data: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "scripts/posttrain.py", f"data={data}", f"output_dir={out}",
+            f"feature_cache_root={out.parent / 'features'}", *TINY, *extra]
+
+
+def test_posttrain_on_metrics_without_checkpoint_refuses_before_touching_data(reach_data, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 2, "loss": 1.0}\n')
+    config = PosttrainConfig(data=str(reach_data), encoder="random:micro", output_dir=str(out), device="cpu",
+                             feature_cache_root=str(tmp_path / "features"))
+    with pytest.raises(RunDirectoryError, match="metrics.jsonl from an earlier run but no checkpoint"):
+        run_posttrain(config)
+    release_run_directory(out)
+    assert not (tmp_path / "features").exists()  # refused before the feature cache was built
+    assert (out / "metrics.jsonl").read_text() == '{"step": 2, "loss": 1.0}\n'
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_records", [0, 3, 9])
+def test_sigkill_leaves_a_run_that_resumes_or_refuses_with_a_message(reach_data, tmp_path, kill_after_records):
+    """SIGKILL before the first metrics line, between checkpoints and late in the run: resume=true
+    then either finishes the run (a checkpoint exists) or names the missing checkpoint."""
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(posttrain_cmd(reach_data, out), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if kill_after_records == 0 and (out / ".run.lock").exists():
+            break
+        if metrics.is_file() and metrics.read_text().count("\n") >= kill_after_records > 0:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; shorten the wait"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    resumed = subprocess.run(posttrain_cmd(reach_data, out, "resume=true"), cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=300)
+    if (out / "checkpoints" / "last").is_dir() or resumed.returncode == 0:
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        assert read_metrics(metrics)[-1]["step"] == 40
+        assert read_tensors(out / "checkpoints" / "last")  # a loadable checkpoint at the end
+    else:
+        assert resumed.returncode != 0
+        assert "no checkpoint at" in resumed.stderr and "nothing to resume" in resumed.stderr, resumed.stderr[-2000:]
+        fresh = subprocess.run(posttrain_cmd(reach_data, out), cwd=ROOT, env=env, capture_output=True, text=True,
+                               timeout=300)
+        if metrics.is_file() and metrics.stat().st_size:  # a fresh run would overwrite them: refused too
+            assert fresh.returncode != 0 and "no checkpoint to resume from" in fresh.stderr, fresh.stderr[-2000:]
+        else:
+            assert fresh.returncode == 0, fresh.stderr[-2000:]
+    records = read_metrics(metrics)
+    assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # one continuous run
+    json.dumps(records)
