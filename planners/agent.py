@@ -46,14 +46,19 @@ class AgentStats:
 
 
 def check_pixels(pixels: np.ndarray | Tensor, what: str) -> np.ndarray:
-    """(H, W, 3) or (E, H, W, 3) image(s) -> (E, H, W, 3); NaN or blank frames raise."""
+    """(H, W, 3) or (E, H, W, 3) uint8 image(s), as cameras and envs give them -> (E, H, W, 3).
+
+    Any other dtype raises: float pixels are ambiguous ([0, 1], [0, 255] or already normalised)
+    and a wrong guess changes the plan without a warning. Blank frames raise too.
+    """
     pixels = pixels.detach().cpu().numpy() if isinstance(pixels, Tensor) else np.asarray(pixels)
     if pixels.ndim not in (3, 4) or pixels.shape[-1] != 3:
         raise ValueError(f"{what} must be (H, W, 3) or (E, H, W, 3) RGB, got shape {pixels.shape}")
+    if pixels.dtype != np.uint8:
+        raise ValueError(f"{what} must be uint8 RGB in [0, 255], got dtype {pixels.dtype}; convert float images in "
+                         "[0, 1] with (x * 255).round().astype(np.uint8)")
     if pixels.ndim == 3:
         pixels = pixels[None]
-    if pixels.dtype.kind == "f" and not np.isfinite(pixels).all():
-        raise ValueError(f"{what} contains NaN or inf pixels; refusing to plan from a corrupt frame")
     flat = pixels.reshape(pixels.shape[0], -1)
     blank = flat.min(axis=1) == flat.max(axis=1)
     if blank.any():
@@ -100,6 +105,8 @@ class MPCAgent:
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
         self.uses_states = uses_states(world_model) or self.objective.needs_proprio
+        model_state_dim = getattr(getattr(getattr(world_model, "predictor", None), "config", None), "state_dim", 0)
+        self.state_dim: int | None = model_state_dim or None  # None: the model takes no states (proprio cost only)
         self.action_low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=self.device)
         self.action_high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=self.device)
         self.generators: list[torch.Generator] = []
@@ -194,6 +201,10 @@ class MPCAgent:
             if "state" not in obs:
                 raise ValueError(f"observation {i} has no 'state' key (got keys {sorted(obs)})")
             states.append(np.asarray(obs["state"], dtype=np.float32))
+        lengths = sorted({len(s) if s.ndim == 1 else -1 for s in states})
+        if self.state_dim is not None and lengths != [self.state_dim]:
+            raise ValueError(f"observation 'state' must be a vector of length {self.state_dim} (the world model's "
+                             f"state_dim), got lengths {lengths} (-1: not a vector)")
         states = np.stack(states)
         if not np.isfinite(states).all():
             raise ValueError("observation state contains NaN or inf; refusing to plan")

@@ -1,4 +1,6 @@
 """MPCAgent: bounds, time budget, warm start, batching, replanning cadence and bad input."""
+import types
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,7 @@ class PointWorldModel(nn.Module):
         super().__init__()
         self.gain = nn.Parameter(torch.ones(()))
         self.clock, self.rollout_s = clock, rollout_s
+        self.predictor = types.SimpleNamespace(config=types.SimpleNamespace(state_dim=2))  # it takes (x, y) states
         coords = (torch.arange(SIZE) + 0.5) / SIZE * 2 - 1
         self.register_buffer("coords", coords)
 
@@ -235,13 +238,19 @@ def test_bad_observations_and_settings_raise_clear_errors():
     with pytest.raises(ValueError, match=r"\(H, W, 3\).*got shape \(16, 16, 4\)"):
         agent.reset(np.zeros((SIZE, SIZE, 4), np.uint8))
     agent.reset(render_point(np.array([0.5, 0.5])))
-    nan_obs = {"pixels": np.full((SIZE, SIZE, 3), np.nan, np.float32), "state": np.zeros(2, np.float32)}
-    with pytest.raises(ValueError, match="NaN"):
-        agent.act(nan_obs)
+    for pixels in (np.full((SIZE, SIZE, 3), np.nan, np.float32),  # float frames are ambiguous: refused, not guessed
+                   render_point(np.zeros(2)).astype(np.float32) / 255, render_point(np.zeros(2)).astype(np.int64)):
+        with pytest.raises(ValueError, match=rf"observation must be uint8 RGB in \[0, 255\], got dtype {pixels.dtype}"):
+            agent.act({"pixels": pixels, "state": np.zeros(2, np.float32)})
+    with pytest.raises(ValueError, match=r"goal image must be uint8 RGB.*got dtype float64"):
+        agent.reset(render_point(np.array([0.5, 0.5])) / 255.0)
     with pytest.raises(ValueError, match="observation 0 is blank"):
         agent.act({"pixels": np.full((SIZE, SIZE, 3), 255, np.uint8), "state": np.zeros(2)})
     with pytest.raises(ValueError, match="state contains NaN"):
         agent.act({"pixels": render_point(np.zeros(2)), "state": np.array([np.nan, 0.0])})
+    for state in (np.zeros(3), np.zeros(1), np.zeros((2, 1))):
+        with pytest.raises(ValueError, match=r"'state' must be a vector of length 2 .*state_dim"):
+            agent.act({"pixels": render_point(np.zeros(2)), "state": state})
     with pytest.raises(ValueError, match=r"got 2 observations for an agent reset with 1 goals"):
         agent.act_batch([point_obs([0, 0])] * 2)
     with pytest.raises(ValueError, match=r"replan_every must be in \[1, horizon=3\], got 4"):

@@ -157,3 +157,18 @@ def test_bad_rollout_and_encode_inputs():
         wm.encode(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError, match="uint8 or float"):
         wm.encode(torch.zeros(1, 3, 32, 32, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_from_pretrained_refuses_non_finite_weights_naming_the_key(tmp_path, bad):
+    from safetensors.torch import load_file, save_file
+
+    from jepa_world.training.checkpoint import CheckpointError
+
+    directory = make_world_model().save_pretrained(tmp_path / "wm")
+    tensors = load_file(str(directory / "model.safetensors"))
+    key = next(k for k in tensors if k.startswith("predictor.") and tensors[k].is_floating_point())
+    tensors[key].view(-1)[0] = bad
+    save_file(tensors, str(directory / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=rf"model.safetensors: non-finite values .*'{key}'"):
+        WorldModel.from_pretrained(directory)

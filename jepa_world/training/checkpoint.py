@@ -200,8 +200,8 @@ def load_modules(
 ) -> None:
     """Strictly load ``{prefix: module}`` from ``model.safetensors``.
 
-    Every expected key must be present with the right shape; extra keys under a
-    requested prefix are errors too. Prefixes not requested are ignored, so e.g. an
+    Every expected key must be present with the right shape and finite values; extra keys
+    under a requested prefix are errors too. Prefixes not requested are ignored, so e.g. an
     evaluation can load only ``target_encoder``.
     """
     path = Path(directory) / MODEL_FILE
@@ -223,6 +223,12 @@ def load_modules(
                     f"{path}: key '{prefix}.{key}' has shape {tuple(stored[key].shape)}, "
                     f"the model expects {tuple(value.shape)}"
                 )
+        non_finite = [f"{prefix}.{key}" for key, value in stored.items()
+                      if value.is_floating_point() and not torch.isfinite(value).all()]
+        if non_finite:
+            raise CheckpointError(f"{path}: non-finite values (NaN or inf) in {non_finite[:5]}"
+                                  f"{f' and {len(non_finite) - 5} more' if len(non_finite) > 5 else ''}; "
+                                  "the file is corrupt or came from a diverged run")
         with torch.no_grad():
             for key, value in own.items():
                 if hasattr(value, "device_mesh"):  # FSDP2 DTensor: keep only this rank's shard
