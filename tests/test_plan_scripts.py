@@ -1,6 +1,7 @@
 """scripts/plan.py and scripts/evaluate.py on the real reach env with a small random world model."""
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -215,3 +216,28 @@ def test_evaluation_plot_colours_episodes_by_outcome_and_skips_unjudged_runs(tmp
     unjudged = [ev.EpisodeResult(episode_ix=0, seed=0, success=None, final_distance=None, steps=2,
                                  distances=[float("nan")] * 2)]
     assert ev.plot_evaluation(tmp_path / "none.png", {"anywhere": unjudged}) is None and not (tmp_path / "none.png").exists()
+
+
+def test_scripts_write_only_under_their_output_dir(model_dir, tmp_path):
+    """Hydra's .hydra/ and log go under output_dir (plan, evaluate) or nowhere (make_goal, which
+    writes only `out`); nothing lands in the working directory or the repo's outputs/."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    env = {**os.environ, "MUJOCO_GL": "egl", "OMP_NUM_THREADS": "1"}
+
+    def run(script, *args):
+        proc = subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=cwd, env=env,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+
+    repo_outputs = set((ROOT / "outputs").glob("*/*")) if (ROOT / "outputs").is_dir() else set()
+    run("make_goal.py", "env=reach", "seed=3", "out=goal.png")
+    assert sorted(p.name for p in cwd.iterdir()) == ["goal.json", "goal.png"]
+    run("plan.py", "env=reach", f"model={model_dir}", "goal=goal.png", *FAST, f"output_dir={tmp_path / 'plan'}")
+    run("evaluate.py", "env=reach", f"model={model_dir}", "episodes=1", "protocols=[anywhere]", "max_videos=0",
+        *FAST, f"output_dir={tmp_path / 'eval'}")
+    assert sorted(p.name for p in cwd.iterdir()) == ["goal.json", "goal.png"]
+    for out, log in ((tmp_path / "plan", "plan.log"), (tmp_path / "eval", "evaluate.log")):
+        assert (out / ".hydra" / "config.yaml").is_file() and (out / log).is_file()
+    now = set((ROOT / "outputs").glob("*/*")) if (ROOT / "outputs").is_dir() else set()
+    assert now == repo_outputs
