@@ -1,9 +1,9 @@
 """Is an energy usable for planning at all? Greedy descent with the simulator as a perfect predictor.
 
     MUJOCO_GL=egl python benchmarks/oracle_energy.py [--energy pixels|latent|readout] [--model DIR]
-        [--episodes 10] [--seed 1000]
+        [--episodes 10] [--seed 1000] [--protocol anywhere|near] [--grid 3|5]
 
-At every step each of the 27 actions in {-0.05, 0, 0.05}^3 is executed in the real simulator,
+At every step each action of a grid ({-0.05, 0, 0.05}^3, or with --grid 5 also +-0.02 per axis) is executed in the real simulator,
 rendered and undone (qpos, qvel and servo targets restored). The action whose next frame has the
 lowest energy to the goal image is taken. No world model predicts anything, so a failure here
 belongs to the energy itself, not to the predictor:
@@ -27,9 +27,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import envs  # noqa: E402
+from jepa_world import evaluation as ev  # noqa: E402
 from jepa_world.world_model import WorldModel  # noqa: E402
 
-GRID = np.array(list(itertools.product([-0.05, 0.0, 0.05], repeat=3)), dtype=np.float32)  # (27, 3)
+GRIDS = {3: [-0.05, 0.0, 0.05], 5: [-0.05, -0.02, 0.0, 0.02, 0.05]}  # per-axis steps
 
 
 def next_frames(env, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -53,7 +54,10 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--protocol", choices=ev.GOAL_PROTOCOLS, default="anywhere")
+    parser.add_argument("--grid", type=int, choices=sorted(GRIDS), default=3)
     args = parser.parse_args()
+    grid = np.array(list(itertools.product(GRIDS[args.grid], repeat=3)), dtype=np.float32)  # (K, 3)
     torch.set_num_threads(args.threads)
     model = None if args.energy == "pixels" else WorldModel.from_pretrained(args.model).eval()
 
@@ -69,17 +73,19 @@ def main() -> None:
     successes, distances = [], []
     for episode in range(args.episodes):
         env = envs.make("reach")
-        env.reset(seed=args.seed + episode)
+        [options] = ev.protocol_options([env], [args.seed + episode], args.protocol, 25)
+        env.reset(seed=args.seed + episode, options=options)
         goal = env.unwrapped.goal_image()
         info = {}
         for _ in range(env.spec.max_episode_steps):
-            frames, positions = next_frames(env, GRID)
-            _, _, _, _, info = env.step(GRID[int(np.argmin(energies(frames, positions, goal)))])
+            frames, positions = next_frames(env, grid)
+            _, _, _, _, info = env.step(grid[int(np.argmin(energies(frames, positions, goal)))])
         successes.append(bool(info["is_success"]))
         distances.append(float(info["distance"]))
         env.close()
     print(f"energy={args.energy}: oracle-greedy success {sum(successes)}/{len(successes)}, "
-          f"median final distance {statistics.median(distances):.3f} m (seeds {args.seed}-{args.seed + args.episodes - 1})")
+          f"median final distance {statistics.median(distances):.3f} m (seeds {args.seed}-{args.seed + args.episodes - 1}, "
+          f"{args.protocol} goals, {len(grid)}-action grid)")
 
 
 if __name__ == "__main__":

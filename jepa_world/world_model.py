@@ -263,12 +263,22 @@ class WorldModel(nn.Module):
     @torch.no_grad()
     def encode(self, frames: Tensor, pool: int | None = None) -> Tensor:
         """Frames -> latents (B, N, D) with no graph kept (planning, feature caches). ``pool`` reads the
-        (token-grid) encoder at another pooling (the state readout reads a finer grid)."""
+        (token-grid) encoder at another pooling (the state readout reads a finer grid).
+
+        Always the inference latent, even on a model in training mode: the projector's BatchNorm
+        uses its running statistics and leaves them untouched, so a cache or a critic built from
+        ``encode`` sees the latents the planner will see.
+        """
         if pool is not None:
             x = self.normalize_pixels(frames.to(self.pixel_mean.device))
             _, h, w = self.encoder.grid_shape(x.shape)
             return self.pool_and_normalize(self.encoder(x), (h, w), pool)
-        z = self.embed(frames)
+        was_training = self.training
+        self.eval()
+        try:
+            z = self.embed(frames)
+        finally:
+            self.train(was_training)
         expected = self.predictor.config.frame_tokens
         if z.shape[1] != expected:
             raise ValueError(

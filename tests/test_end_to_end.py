@@ -154,6 +154,24 @@ def test_end_to_end_run_saves_every_trained_part_and_resumes_exactly(reach_data,
     assert not (Path(reach_data) / ".feature_cache").exists()  # end to end never builds a feature cache
 
 
+def test_frozen_stage_on_an_end_to_end_latent_encoder_uses_the_feature_cache(reach_data, tmp_path):
+    """A world-model directory as the encoder of a frozen run: its ViT *and* projector (the latent
+    encoder) are loaded and kept fixed, the projected latents are cached, and a new predictor trains."""
+    run_posttrain(e2e_config(reach_data, tmp_path / "e2e"))
+    source = WorldModel.from_pretrained(tmp_path / "e2e" / "checkpoints" / "last")
+    frozen = e2e_config(reach_data, tmp_path / "frozen", mode="frozen", encoder=str(tmp_path / "e2e" / "checkpoints" / "last"),
+                        feature_cache_root=str(tmp_path / "features"))
+    run_posttrain(frozen)
+    assert len(list((tmp_path / "features").iterdir())) == 1  # built once, keyed by encoder + projector weights
+    trained = WorldModel.from_pretrained(tmp_path / "frozen" / "checkpoints" / "last")
+    for name in ("encoder", "projector"):
+        for (key, x), y in zip(module_tensors({name: getattr(source, name)}).items(),
+                               module_tensors({name: getattr(trained, name)}).values()):
+            torch.testing.assert_close(x, y, rtol=0, atol=0, msg=key)
+    frames = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    torch.testing.assert_close(trained.encode(frames), source.encode(frames))  # the same latent space
+
+
 def test_ema_target_option_trains(reach_data, tmp_path):
     result = run_posttrain(e2e_config(reach_data, tmp_path / "ema", target="ema", ema_momentum=0.9))
     assert result.steps == 6 and torch.isfinite(torch.tensor(result.final_loss))

@@ -386,14 +386,11 @@ class PairSampler:
 
 
 def embed_store(world_model: WorldModel, store: FeatureCache, episodes: list[int], batch_size: int = 256) -> FeatureCache:
-    """The frames of ``episodes`` encoded by ``world_model`` now (eval mode, no graph): a latent
-    FeatureCache of those episodes only (rows renumbered)."""
+    """The frames of ``episodes`` encoded by ``world_model`` now (inference latents, no graph): a
+    latent FeatureCache of those episodes only (rows renumbered)."""
     device = next(world_model.parameters()).device
     rows = episode_rows(store, episodes)
-    was_training = world_model.training
-    world_model.eval()
     latents = torch.cat([world_model.encode(store.latents[part].to(device)).cpu() for part in rows.split(batch_size)])
-    world_model.train(was_training)
     position = {int(e): i for i, e in enumerate(store.episode_index.tolist())}
     keep = torch.tensor([position[e] for e in episodes])
     length = store.episode_length[keep]
