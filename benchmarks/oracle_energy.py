@@ -9,6 +9,8 @@ lowest energy to the goal image is taken. No world model predicts anything, so a
 belongs to the energy itself, not to the predictor:
   * pixels: mean |frame - goal| over uint8 RGB pixels scaled to [0, 1];
   * latent: the world model's planning latent L1 (encode, layer-normed, pooled);
+  * planning: latent L1 + DEFAULT_CRITIC_WEIGHT x the temporal-distance critic (the default
+    planning energy of a model with a critic);
   * readout: the distance between the end effector the action reaches and the readout's decoding
     of the goal image (needs a model with a state readout).
 Prints success rate and median final distance (docs/frozen_readout_baseline.md, gap analysis).
@@ -29,6 +31,7 @@ import torch  # noqa: E402
 import envs  # noqa: E402
 from jepa_world import evaluation as ev  # noqa: E402
 from jepa_world.world_model import WorldModel  # noqa: E402
+from planners.objectives import DEFAULT_CRITIC_WEIGHT  # noqa: E402
 
 GRIDS = {3: [-0.05, 0.0, 0.05], 5: [-0.05, -0.02, 0.0, 0.02, 0.05]}  # per-axis steps
 
@@ -49,7 +52,7 @@ def next_frames(env, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--energy", choices=("pixels", "latent", "readout"), default="pixels")
+    parser.add_argument("--energy", choices=("pixels", "latent", "planning", "readout"), default="pixels")
     parser.add_argument("--model", default="checkpoints/reach-default")
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000)
@@ -64,9 +67,12 @@ def main() -> None:
     def energies(frames: np.ndarray, positions: np.ndarray, goal: np.ndarray) -> np.ndarray:
         if args.energy == "pixels":
             return np.abs(frames.astype(np.float32) - goal.astype(np.float32)).mean(axis=(1, 2, 3)) / 255
-        if args.energy == "latent":
+        if args.energy in ("latent", "planning"):
             z = model.encode(torch.from_numpy(np.concatenate([frames, goal[None]])))
-            return model.energy(z[:-1], z[-1:]).numpy()
+            energy = model.energy(z[:-1], z[-1:])
+            if args.energy == "planning":
+                energy = energy + DEFAULT_CRITIC_WEIGHT * model.critic.distance(z[:-1], z[-1:])
+            return energy.detach().numpy()
         goal_position = model.decode_state(torch.from_numpy(goal[None]))[0].numpy()
         return np.linalg.norm(positions - goal_position, axis=-1)
 

@@ -22,6 +22,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from envs.arm import ARM_STATE_DIM, ArmEnv
 from jepa_world.models.vit import build_encoder
 from jepa_world.world_model import WorldModel, WorldModelConfig
 
@@ -29,8 +30,9 @@ from jepa_world.world_model import WorldModel, WorldModelConfig
 def default_model() -> WorldModel:
     torch.manual_seed(0)
     encoder = build_encoder("tiny", img_size=64, patch_size=8)
-    config = WorldModelConfig(latent_pool=2, integrated_state_dims=(0, 1, 2))
-    return WorldModel.create(encoder, action_dim=3, state_dim=9, config=config, size="tiny")  # absolute head: random weights give non-trivial outputs to compare
+    config = WorldModelConfig(latent_pool=2, integrated_state_dims=ArmEnv.action_state_map)
+    return WorldModel.create(encoder, action_dim=len(ArmEnv.action_names), state_dim=ARM_STATE_DIM, config=config,
+                             size="tiny")  # absolute head: random weights give non-trivial outputs to compare
 
 
 def timed(fn, repeats: int, threads: int) -> tuple[float, float]:

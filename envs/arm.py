@@ -76,6 +76,10 @@ class ArmKinematics:
 class ArmEnv(GoalImageEnv):
     """Common dynamics, observation and control of `reach` and `push`."""
 
+    state_names = ("ee_x", "ee_y", "ee_z", "q0", "q1", "q2", "qd0", "qd1", "qd2")
+    action_names = ("ee_dx", "ee_dy", "ee_dz")
+    action_state_map = (0, 1, 2)  # each action moves the end-effector target by that many metres
+
     def __init__(self, xml_name: str, image_size: int = 64, render_mode: str | None = None, **kwargs) -> None:
         model = load_model(xml_name)
         super().__init__(

@@ -40,6 +40,12 @@ class GoalImageEnv(gym.Env, abc.ABC):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 12}
     success_threshold: float  # metres, set by each subclass
     env_name: str  # short registry name written into goal states
+    # Robot facts that collect.py writes into a dataset's meta/info.json (the one place they live):
+    state_names: tuple[str, ...] = ()  # one per observation["state"] dim; () -> s0, s1, ...
+    action_names: tuple[str, ...] = ()  # one per action dim; () -> a0, a1, ...
+    # action_state_map[i]: the state dim that action dim i displaces (state += action, metres) for
+    # displacement-controlled end effectors; () when actions are not displacements (torques).
+    action_state_map: tuple[int, ...] = ()
 
     def __init__(
         self,

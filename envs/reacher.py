@@ -44,6 +44,8 @@ def top_down_camera() -> mujoco.MjvCamera:
 class ReacherPixelsEnv(GoalImageEnv):
     env_name = "reacher"
     success_threshold = 0.02
+    state_names = ("fingertip_x", "fingertip_y", "fingertip_z", "q0", "q1", "qd0", "qd1")
+    action_names = ("torque0", "torque1")  # torques: no state dim is displaced by an action
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
     def __init__(self, image_size: int = 64, render_mode: str | None = None, **kwargs) -> None:

@@ -224,3 +224,23 @@ def test_end_to_end_under_torchrun_two_processes(reach_data, tmp_path):
     assert steps[:2] == [2, 4] and steps[-1] == 6  # rank 0 writes once; 4 prediction + 2 critic steps
     model = WorldModel.from_pretrained(out / "checkpoints" / "last")
     assert model.critic is not None and model.projector is not None
+
+
+def test_action_to_state_map_comes_from_the_dataset(reach_data, tmp_path):
+    """collect.py records the env's robot facts in meta/info.json; posttrain reads the map from
+    there unless world_model.integrated_state_dims says otherwise."""
+    from jepa_world.data.lerobot import read_meta
+    from jepa_world.training.posttrain import _build_world_model
+
+    meta = read_meta(reach_data)
+    assert meta.action_state_map == (0, 1, 2)
+    assert meta.features["action"]["names"] == ["ee_dx", "ee_dy", "ee_dz"]
+    assert meta.features["observation.state"]["names"][:3] == ["ee_x", "ee_y", "ee_z"]
+    base = dict(world_model={"latent_pool": 2})
+    from_data, _, _ = _build_world_model(small_config(reach_data, tmp_path / "a", **base), seed=0)
+    assert from_data.config.integrated_state_dims == (0, 1, 2)
+    held, _, _ = _build_world_model(small_config(reach_data, tmp_path / "b", world_model={"latent_pool": 2,
+                                                                                           "integrated_state_dims": []}), 0)
+    assert held.config.integrated_state_dims == ()
+    no_states, _, _ = _build_world_model(small_config(reach_data, tmp_path / "c", state_tokens=False, **base), 0)
+    assert no_states.config.integrated_state_dims == ()

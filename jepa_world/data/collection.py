@@ -229,14 +229,22 @@ def collect(cfg: CollectConfig) -> CollectSummary:
         fps = cfg.fps or int(round(probe.metadata.get("render_fps") or 10))
         unwrapped = probe.unwrapped
         h, w = obs_space["pixels"].shape[:2]
-        action_names = list(getattr(unwrapped, "action_names", [f"a{i}" for i in range(act_space.shape[0])]))
-        state_names = list(getattr(unwrapped, "state_names", [f"s{i}" for i in range(obs_space["state"].shape[0])]))
+        action_dim, state_dim = act_space.shape[0], obs_space["state"].shape[0]
+        action_names = list(getattr(unwrapped, "action_names", ()) or [f"a{i}" for i in range(action_dim)])
+        state_names = list(getattr(unwrapped, "state_names", ()) or [f"s{i}" for i in range(state_dim)])
+        action_state_map = [int(d) for d in getattr(unwrapped, "action_state_map", ())]
     finally:
         probe.close()
+    if len(action_names) != action_dim or len(state_names) != state_dim:
+        raise ValueError(f"env {cfg.env!r} names {len(action_names)} action / {len(state_names)} state dims but has "
+                         f"{action_dim} / {state_dim}")
+    if action_state_map and (len(action_state_map) > action_dim or not all(0 <= d < state_dim for d in action_state_map)):
+        raise ValueError(f"env {cfg.env!r}: action_state_map {action_state_map} must map action dims to state dims "
+                         f"in [0, {state_dim})")
     writer = LeRobotWriter(cfg.output_dir, fps=fps, action_names=action_names, state_names=state_names,
                            cameras={CAMERA: (h, w)}, task=cfg.task or f"{cfg.env}: match the goal image",
-                           extra_info={"collection": cfg.identity()}, robot_type=f"jepa_world/{cfg.env}",
-                           crf=cfg.crf, gop=cfg.gop)
+                           extra_info={"collection": cfg.identity(), "action_state_map": action_state_map},
+                           robot_type=f"jepa_world/{cfg.env}", crf=cfg.crf, gop=cfg.gop)
     start = writer.num_episodes
     pending = list(range(start, cfg.episodes))
     if start:

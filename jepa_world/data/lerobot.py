@@ -384,6 +384,18 @@ class DatasetMeta:
     def video_keys(self) -> list[str]:
         return [k for k, f in self.features.items() if f.get("dtype") == "video"]
 
+    @property
+    def action_state_map(self) -> tuple[int, ...] | None:
+        """The state dim each action dim displaces, as collect.py recorded it from the env
+        (info.json "jepa_world"/"action_state_map"); None when the dataset does not say."""
+        mapping = (self.info.get("jepa_world") or {}).get("action_state_map")
+        if mapping is None:
+            return None
+        if not isinstance(mapping, list) or not all(isinstance(d, int) and not isinstance(d, bool) for d in mapping):
+            raise DatasetFormatError(f"{self.root / 'meta' / 'info.json'}: jepa_world.action_state_map must be a "
+                                     f"list of state dims, got {mapping!r}")
+        return tuple(mapping)
+
 
 def _require(mapping: dict, key: str, where: Path) -> Any:
     if key not in mapping:

@@ -575,6 +575,12 @@ def _build_world_model(cfg: PosttrainConfig, seed: int) -> tuple[WorldModel, int
     wm_fields = dict(cfg.world_model)
     if not predictor_state_dim:
         wm_fields["integrated_state_dims"] = ()
+    elif wm_fields.get("integrated_state_dims") is None:  # the robot fact comes with the data
+        recorded = read_meta(cfg.data).action_state_map
+        if recorded is None:
+            log.info("%s records no action_state_map: rollout states are held (set world_model."
+                     "integrated_state_dims to integrate displacement actions)", cfg.data)
+        wm_fields["integrated_state_dims"] = recorded or ()
     wm_fields["trainable_encoder"] = cfg.mode == "end_to_end"
     wm_config = WorldModelConfig(**wm_fields)
     torch.manual_seed(seed)
