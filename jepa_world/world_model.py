@@ -49,7 +49,7 @@ from jepa_world.models.critic import CriticConfig, TemporalDistanceCritic
 from jepa_world.models.projector import Projector
 from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer
-from jepa_world.training.checkpoint import CheckpointError, load_modules, module_tensors, read_config, save_checkpoint
+from jepa_world.model_format import CheckpointError, load_modules, module_tensors, read_config, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
-from jepa_world.training.checkpoint import CheckpointError
+from jepa_world.model_format import CheckpointError
 from jepa_world.training.distributed import finish_distributed
 from jepa_world.training.pretrain import ConfigError, pretrain
 from jepa_world.training.run import NonFiniteLossError

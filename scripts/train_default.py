@@ -22,6 +22,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from jepa_world.model_format import CONFIG_FILE, MODEL_FILE, write_directory
+
 ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("train_default")
 
@@ -50,16 +52,13 @@ def last_metrics(path: Path) -> dict:
 
 
 def ship(world_model_dir: Path, ship_dir: Path, provenance: dict) -> None:
-    """Copy weights + config (not the optimizer state) atomically into ship_dir."""
-    staging = ship_dir.with_name(ship_dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name in ("model.safetensors", "config.json"):
-        shutil.copy2(world_model_dir / name, staging / name)
-    (staging / "recipe.json").write_text(json.dumps(provenance, indent=2) + "\n")
-    if ship_dir.exists():
-        shutil.rmtree(ship_dir)
-    os.replace(staging, ship_dir)
+    """Publish weights + config (not the optimizer state) and recipe.json as ship_dir, in one atomic swap."""
+    def write(staging: Path) -> None:
+        for name in (MODEL_FILE, CONFIG_FILE):
+            shutil.copy2(world_model_dir / name, staging / name)
+        (staging / "recipe.json").write_text(json.dumps(provenance, indent=2) + "\n")
+
+    write_directory(ship_dir, write)
     log.info("shipped %s -> %s", world_model_dir, ship_dir)
 
 

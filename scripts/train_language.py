@@ -14,7 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from jepa_world.language.train import train_language
-from jepa_world.training.checkpoint import CheckpointError
+from jepa_world.model_format import CheckpointError
 from jepa_world.training.distributed import finish_distributed
 from jepa_world.training.run import NonFiniteLossError
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from jepa_world.training import checkpoint as ckpt
+from jepa_world import model_format as ckpt
 from jepa_world.training.run import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,7 +23,7 @@ from test_pretrain_script import tiny_config  # noqa: E402
 RANK_RUNNER = """
 import json, os, sys
 from safetensors.torch import save_file
-from jepa_world.training.checkpoint import module_tensors
+from jepa_world.model_format import module_tensors
 from jepa_world.training.distributed import finish_distributed
 from jepa_world.training.pretrain import pretrain
 

@@ -12,7 +12,7 @@ from jepa_world.data.collection import CollectConfig, collect
 from jepa_world.data.feature_cache import load_frames
 from jepa_world.models.critic import CriticConfig, TemporalDistanceCritic
 from jepa_world.models.vit import build_encoder
-from jepa_world.training.checkpoint import CheckpointError, module_tensors, save_checkpoint
+from jepa_world.model_format import CheckpointError, module_tensors, save_checkpoint
 from jepa_world.training.posttrain import (
     PairSampler,
     PosttrainConfig,

@@ -22,7 +22,7 @@ from jepa_world.language.data import encode_episodes, region_tour
 from jepa_world.language.retrieval import boundaries, selective_decode
 from jepa_world.language.text_encoder import load_text_encoder
 from jepa_world.language.train import build_frozen_world_model, load_language_head, train_language
-from jepa_world.training.checkpoint import read_tensors
+from jepa_world.model_format import read_tensors
 from jepa_world.training.run import read_metrics, seed_everything
 
 ROOT = Path(__file__).resolve().parents[1]

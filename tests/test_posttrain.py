@@ -18,7 +18,7 @@ from jepa_world.data.collection import CollectConfig, collect
 from jepa_world.data.feature_cache import FeatureCacheMismatchError, WindowSampler, load_or_build_feature_cache
 from jepa_world.data.trajectory import TrajectoryDataset
 from jepa_world.models.vit import build_encoder
-from jepa_world.training.checkpoint import module_tensors, read_tensors, save_checkpoint
+from jepa_world.model_format import module_tensors, read_tensors, save_checkpoint
 from jepa_world.training.posttrain import PosttrainConfig, load_encoder, run_posttrain
 from jepa_world.training.run import read_metrics
 from jepa_world.world_model import WorldModel, WorldModelConfig
@@ -120,7 +120,7 @@ def test_posttrain_loss_decreases(reach_data, tmp_path):
 
 def test_non_finite_loss_stops_before_a_checkpoint(reach_data, tmp_path, monkeypatch):
     from jepa_world.training import posttrain
-    from jepa_world.training.checkpoint import read_train_state
+    from jepa_world.model_format import read_train_state
     from jepa_world.training.run import NonFiniteLossError
 
     forward = posttrain.PosttrainObjective.forward

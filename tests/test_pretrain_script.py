@@ -12,7 +12,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from jepa_world.training import checkpoint as ckpt
+from jepa_world import model_format as ckpt
 from jepa_world.training.pretrain import ConfigError, pretrain
 from jepa_world.training.run import NonFiniteLossError, RunDirectoryError, read_metrics
 

@@ -28,7 +28,7 @@ import torch
 from jepa_world.data.synthetic import MovingShapesDataset
 from jepa_world.probe import effective_rank, ridge_probe_r2
 from jepa_world.models.vit import ViTConfig, VisionTransformer
-from jepa_world.training import checkpoint as ckpt
+from jepa_world import model_format as ckpt
 from jepa_world.training.run import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from jepa_world.data.collection import CollectConfig, collect
-from jepa_world.training.checkpoint import read_tensors
+from jepa_world.model_format import read_tensors
 from jepa_world.training.posttrain import PosttrainConfig, run_posttrain
 from jepa_world.training.run import (
     MetricsWriter,

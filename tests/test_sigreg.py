@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from jepa_world.training import checkpoint as ckpt
+from jepa_world import model_format as ckpt
 from jepa_world.training.pretrain import ConfigError, pretrain
 from jepa_world.training.run import read_metrics
 from jepa_world.training.sigreg import SIGReg, SIGRegConfig, SIGRegConfigError, frame_means, step_generator

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from jepa_world.training import checkpoint as ckpt
+from jepa_world import model_format as ckpt
+from jepa_world.training.checkpoint import check_config_matches
 from jepa_world.training.ema import EMA, MomentumSchedule, make_target
 from jepa_world.training.optim import (
     OptimConfig,
@@ -292,9 +293,9 @@ def test_pickled_code_in_train_state_is_refused(tmp_path):
 
 def test_config_mismatch_names_key(tmp_path):
     saved = {"model": {"size": "tiny", "patch_size": 8}, "seed": 0}
-    ckpt.check_config_matches(saved, saved, ["model", "seed"], tmp_path)
+    check_config_matches(saved, saved, ["model", "seed"], tmp_path)
     with pytest.raises(ckpt.CheckpointError, match=r"'model.patch_size' was 8 there but is 16 now"):
-        ckpt.check_config_matches(saved, {"model": {"size": "tiny", "patch_size": 16}, "seed": 0}, ["model.patch_size"], tmp_path)
+        check_config_matches(saved, {"model": {"size": "tiny", "patch_size": 16}, "seed": 0}, ["model.patch_size"], tmp_path)
 
 
 def test_copy_checkpoint(tmp_path):

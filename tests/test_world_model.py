@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from jepa_world.models.vit import build_encoder
-from jepa_world.training.checkpoint import CheckpointError
+from jepa_world.model_format import CheckpointError
 from jepa_world.world_model import WorldModel, WorldModelConfig
 
 ACTION_DIM, STATE_DIM = 3, 5
@@ -163,7 +163,7 @@ def test_bad_rollout_and_encode_inputs():
 def test_from_pretrained_refuses_non_finite_weights_naming_the_key(tmp_path, bad):
     from safetensors.torch import load_file, save_file
 
-    from jepa_world.training.checkpoint import CheckpointError
+    from jepa_world.model_format import CheckpointError
 
     directory = make_world_model().save_pretrained(tmp_path / "wm")
     tensors = load_file(str(directory / "model.safetensors"))

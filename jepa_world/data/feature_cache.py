@@ -23,8 +23,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from jepa_world.data.trajectory import ACTION_MERGES, TrajectoryDataset
+from jepa_world.model_format import write_directory
 
 log = logging.getLogger(__name__)
 
@@ -168,17 +167,11 @@ def _describe_difference(stored: dict[str, Any], current: dict[str, Any]) -> str
 
 
 def _write_cache(path: Path, key: str, components: dict[str, Any], tensors: dict[str, Tensor]) -> None:
-    """Write into a temp directory next to ``path`` and rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:8]}")
-    temp.mkdir()
-    try:
+    def write(temp: Path) -> None:
         save_file(tensors, str(temp / FEATURES_FILE))
         (temp / CACHE_META_FILE).write_text(json.dumps({"key": key, "components": components}, indent=2) + "\n")
-        os.rename(temp, path)
-    finally:
-        if temp.exists():
-            shutil.rmtree(temp, ignore_errors=True)
+
+    write_directory(path, write)
 
 
 @torch.no_grad()

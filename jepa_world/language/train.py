@@ -41,14 +41,8 @@ from jepa_world.language.head import (
 )
 from jepa_world.language.retrieval import retrieval_metrics
 from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
-from jepa_world.training.checkpoint import (
-    CONFIG_FILE,
-    load_modules,
-    module_tensors,
-    read_config,
-    resume_from,
-    save_checkpoint,
-)
+from jepa_world.model_format import CONFIG_FILE, load_modules, module_tensors, read_config, save_checkpoint
+from jepa_world.training.checkpoint import resume_from
 from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.distributed import (
     all_reduce_mean,

@@ -419,7 +419,7 @@ def convert_checkpoint(
 
     ``which="all"`` converts every part the checkpoint holds.
     """
-    from jepa_world.training.checkpoint import module_tensors, save_checkpoint
+    from jepa_world.model_format import module_tensors, save_checkpoint
 
     source = Path(source)
     checkpoint = read_weights_file(source)

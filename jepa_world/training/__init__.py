@@ -1,7 +1,6 @@
 """Training engine shared by the pretraining, post-training and language-head scripts."""
-from jepa_world.training.checkpoint import (
+from jepa_world.model_format import (
     CheckpointError,
-    check_config_matches,
     load_modules,
     module_tensors,
     read_config,
@@ -9,6 +8,7 @@ from jepa_world.training.checkpoint import (
     read_train_state,
     save_checkpoint,
 )
+from jepa_world.training.checkpoint import check_config_matches
 from jepa_world.training.ema import EMA, MomentumSchedule, make_target
 from jepa_world.training.optim import OptimConfig, apply_schedule, build_optimizer, clip_gradients, lr_at, param_groups
 from jepa_world.training.run import (

@@ -46,7 +46,7 @@ from jepa_world.data.trajectory import split_episodes
 from jepa_world.models.critic import TemporalDistanceCritic
 from jepa_world.models.state_readout import StateReadout
 from jepa_world.models.vit import VIT_SIZES, VisionTransformer, ViTConfig, build_encoder
-from jepa_world.training.checkpoint import (
+from jepa_world.model_format import (
     CheckpointError,
     load_modules,
     module_tensors,
@@ -54,9 +54,9 @@ from jepa_world.training.checkpoint import (
     read_tensors,
     read_train_state,
     remove_stale_temp_dirs,
-    resume_from,
     save_checkpoint,
 )
+from jepa_world.training.checkpoint import resume_from
 from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.ema import EMA, MomentumSchedule, make_target
 from jepa_world.training.sigreg import SIGReg, SIGRegConfig, step_generator

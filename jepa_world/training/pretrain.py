@@ -39,7 +39,8 @@ from tqdm.auto import tqdm
 from jepa_world.masks import MaskCollator, build_mask_generators
 from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer, gather_tokens
-from jepa_world.training import checkpoint as ckpt
+from jepa_world import model_format as ckpt
+from jepa_world.training.checkpoint import check_config_matches
 from jepa_world.training.curves import refresh_run_curves
 from jepa_world.training.distributed import (
     DistInfo,
@@ -530,7 +531,7 @@ def _save(output_dir: Path, cfg: Mapping[str, Any], jepa: JEPA, target_encoder: 
 def _restore(last_dir: Path, cfg: Mapping[str, Any], jepa: JEPA, target_encoder: nn.Module, info: DistInfo) -> dict[str, Any]:
     """Load weights from ``last_dir`` after checking the config; returns the train state."""
     saved_cfg = ckpt.read_config(last_dir)
-    ckpt.check_config_matches(saved_cfg, cfg, RESUME_MUST_MATCH, last_dir)
+    check_config_matches(saved_cfg, cfg, RESUME_MUST_MATCH, last_dir)
     changed = [k for k in ("optim", "max_steps") if saved_cfg.get(k) != cfg.get(k)]
     if sigreg_config(saved_cfg) != sigreg_config(cfg):
         changed.append("sigreg")
