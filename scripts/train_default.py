@@ -1,4 +1,5 @@
-"""Reproduce the shipped default world model: collect -> pretrain -> post-train -> evaluate.
+"""Reproduce the shipped default world model: collect -> pretrain -> post-train end to end ->
+refine (the frozen stage on that latent encoder) -> evaluate.
 
     python scripts/train_default.py env=reach output_dir=outputs/reach-default ship=true
 
@@ -66,7 +67,8 @@ def ship(world_model_dir: Path, ship_dir: Path, provenance: dict) -> None:
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.output_dir).resolve()
     env_name = str(cfg.env.name)
-    data_dir, pretrain_dir, posttrain_dir, eval_dir = (out / s for s in ("data", "pretrain", "posttrain", "evaluate"))
+    data_dir, pretrain_dir, posttrain_dir, refine_dir, eval_dir = (
+        out / s for s in ("data", "pretrain", "posttrain", "refine", "evaluate"))
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
            "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
     py = sys.executable
@@ -84,13 +86,20 @@ def main(cfg: DictConfig) -> None:
                             f"encoder={pretrain_dir / 'checkpoints' / 'last'}", *map(str, cfg.posttrain),
                             f"output_dir={posttrain_dir}"],
               posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
-    run_stage("evaluate", [py, "scripts/evaluate.py", f"env={env_name}",
-                           f"model={posttrain_dir / 'checkpoints' / 'last'}", *map(str, cfg.evaluate),
-                           f"output_dir={eval_dir}"],
+    model_dir = posttrain_dir / "checkpoints" / "last"
+    if cfg.refine:  # the frozen stage: a new predictor (and the critic) on the end-to-end latent encoder
+        run_stage("refine", [py, "scripts/posttrain.py", f"data={data_dir}", f"encoder={model_dir}",
+                             *map(str, cfg.refine), f"output_dir={refine_dir}"],
+                  refine_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+        model_dir = refine_dir / "checkpoints" / "last"
+    run_stage("evaluate", [py, "scripts/evaluate.py", f"env={env_name}", f"model={model_dir}",
+                           *map(str, cfg.evaluate), f"output_dir={eval_dir}"],
               eval_dir / "eval_info.json", env, record)
 
     record["pretrain"]["final"] = last_metrics(pretrain_dir / "metrics.jsonl")
     record["posttrain"]["final"] = last_metrics(posttrain_dir / "metrics.jsonl")
+    if cfg.refine:
+        record["refine"]["final"] = last_metrics(refine_dir / "metrics.jsonl")
     evaluation = json.loads((eval_dir / "eval_info.json").read_text())
     aggregated = evaluation.get("aggregated", {})
     record["evaluate"]["aggregated"] = aggregated
@@ -100,7 +109,7 @@ def main(cfg: DictConfig) -> None:
     (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("recipe finished in %.1fs: %s", record["total_wall_s"], aggregated)
     if cfg.ship:
-        ship(posttrain_dir / "checkpoints" / "last", ROOT / str(cfg.ship_dir), record)
+        ship(model_dir, ROOT / str(cfg.ship_dir), record)
     successes = {name: agg.get("pc_success") for name, agg in record["evaluate"]["protocols"].items()}
     print(f"{env_name} recipe: pc_success {successes or aggregated.get('pc_success')} in {record['total_wall_s']:.0f}s "
           f"-> {out / 'recipe.json'}")

@@ -23,7 +23,7 @@ from planners.agent import MPCAgent
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [100, 101, 102, 103]
 STEPS = 15
-CI_NEAR_SUCCESS_FLOOR = 60  # percent of 10 near goals; measured in docs/world_model.md
+CI_NEAR_SUCCESS_FLOOR = 60  # percent of 20 near goals; measured 90 and 70 (two training seeds), docs/world_model.md
 
 
 @pytest.fixture
@@ -89,25 +89,32 @@ def test_trained_world_model_plans_closer_than_random(tmp_path, single_thread):
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_end_to_end_model_reaches_near_goals_on_its_own_latents(tmp_path):
-    """Issue #12's CI-sized run: collect a small reach dataset, post-train end to end (encoder,
-    projector, predictor, then the temporal-distance critic) with the real script, and plan on the
-    latent + critic energy alone (no readout, no simulator state) toward 10 "near" goals. The latent
-    encoder (ViT + projector) starts from the shipped end-to-end model's (a world-model directory,
-    one of the supported inits) and keeps training; predictor and critic start from scratch."""
-    data, out = tmp_path / "data", tmp_path / "e2e"
+    """Issue #12's CI-sized run of the recipe's two post-training stages with the real script:
+    collect a small reach dataset; post-train end to end (encoder, projector and predictor); then
+    the frozen stage on that latent encoder (a new predictor trained longer on cached latents, and
+    the temporal-distance critic); plan on the latent + critic energy alone (no readout, no
+    simulator state) toward 20 "near" goals. The end-to-end stage's latent encoder (ViT +
+    projector) starts from the shipped model's (a world-model directory, one of the supported
+    inits); predictors and critic start from scratch."""
+    data, e2e, refined = tmp_path / "data", tmp_path / "e2e", tmp_path / "refined"
     run_script("scripts/collect.py", "env=reach", "episodes=150", f"output_dir={data}", "workers=2", "seed=0")
+    common = ["loss=mse", "world_model.latent=global", "world_model.normalize_latents=false", "state_tokens=false",
+              "predictor.size=micro", "predictor.predict_residual=true", "num_frames=4", "optim.lr=1e-3",
+              "optim.decay_fraction=0.5", "optim.weight_decay=1e-3", "optim.final_weight_decay=1e-3", "log_every=100"]
     run_script("scripts/posttrain.py", f"data={data}", f"encoder={ROOT / 'checkpoints' / 'reach-default'}",
-               "mode=end_to_end", "loss=mse", "world_model.latent=global", "world_model.normalize_latents=false",
-               "state_tokens=false", "predictor.size=micro", "predictor.predict_residual=true", "num_frames=4",
-               "batch_size=16", "max_steps=400", "optim.lr=1e-3", "optim.decay_fraction=0.5", "optim.weight_decay=1e-3",
-               "optim.final_weight_decay=1e-3", "critic={}", "critic_steps=1000", "eval_every=400", "save_every=400",
-               "log_every=100", f"output_dir={out}")
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    final = metrics[-1]
-    assert final["step"] == 1400 and final["plan_spearman_critic_vs_steps"] > 0.2, final
+               "mode=end_to_end", *common, "batch_size=16", "max_steps=400", "eval_every=400", "save_every=400",
+               f"output_dir={e2e}")
+    run_script("scripts/posttrain.py", f"data={data}", f"encoder={e2e / 'checkpoints' / 'last'}", "mode=frozen",
+               *common, "batch_size=64", "max_steps=1500", "critic={}", "critic_steps=1000", "eval_every=1500",
+               "save_every=1500", f"feature_cache_root={tmp_path / 'features'}", f"output_dir={refined}")
+    first = [json.loads(line) for line in (e2e / "metrics.jsonl").read_text().splitlines()][-1]
+    final = [json.loads(line) for line in (refined / "metrics.jsonl").read_text().splitlines()][-1]
+    assert final["step"] == 2500 and final["plan_spearman_critic_vs_steps"] > 0.2, final
+    assert final["ratio_h1"] < first["ratio_h1"], (first, final)  # the longer frozen stage predicts better
     eval_dir = tmp_path / "eval"
-    run_script("scripts/evaluate.py", "env=reach", "episodes=10", "seed=1000", f"model={out / 'checkpoints' / 'last'}",
-               "num_envs=10", "max_videos=0", "protocols=[near]", f"output_dir={eval_dir}")
+    run_script("scripts/evaluate.py", "env=reach", "episodes=20", "seed=1000",
+               f"model={refined / 'checkpoints' / 'last'}", "num_envs=10", "max_videos=0", "protocols=[near]",
+               f"output_dir={eval_dir}")
     info = json.loads((eval_dir / "near" / "eval_info.json").read_text())
     assert info["settings"]["objective"]["readout_weight"] in (None, 0.0)
     assert info["aggregated"]["pc_success"] >= CI_NEAR_SUCCESS_FLOOR, info["aggregated"]

@@ -26,7 +26,11 @@ TOY = [
     hydra_list("posttrain", ["mode=end_to_end", "loss=mse", "world_model.latent=global",
                              "world_model.normalize_latents=false", "state_tokens=false", "max_steps=6",
                              "predictor.size=micro", "num_frames=4", "batch_size=4", "eval_every=6", "eval_windows=16",
-                             "log_every=2", "save_every=6", "critic={}", "critic_steps=4", "critic_pairs=32"]),
+                             "log_every=2", "save_every=6"]),
+    hydra_list("refine", ["mode=frozen", "loss=mse", "world_model.latent=global", "world_model.normalize_latents=false",
+                          "state_tokens=false", "max_steps=6", "predictor.size=micro", "num_frames=4", "batch_size=4",
+                          "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6", "critic={}",
+                          "critic_steps=4", "critic_pairs=32"]),
     hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
                             "planner.elites=2", "planner.iterations=2", "max_videos=1"]),
 ]
@@ -45,11 +49,13 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     record = json.loads((out / "recipe.json").read_text())
-    for stage in ("collect", "pretrain", "posttrain", "evaluate"):
+    for stage in ("collect", "pretrain", "posttrain", "refine", "evaluate"):
         assert record[stage]["wall_s"] > 0, stage
         assert "scripts/" in record[stage]["command"]
     assert record["pretrain"]["final"]["step"] == 4
-    assert record["posttrain"]["final"]["step"] == 10  # 6 prediction steps + 4 critic steps
+    assert record["posttrain"]["final"]["step"] == 6
+    assert record["refine"]["final"]["step"] == 10  # 6 prediction steps + 4 critic steps
+    assert "encoder=" + str(out / "posttrain" / "checkpoints" / "last") in record["refine"]["command"]
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
     assert sorted(p.name for p in ship_dir.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
@@ -57,6 +63,10 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     model = WorldModel.from_pretrained(ship_dir)
     assert model.predictor.config.frame_tokens == 1  # one global embedding per frame
     assert model.state_readout is None and model.critic is not None  # the world model plans by itself
+    end_to_end = WorldModel.from_pretrained(out / "posttrain" / "checkpoints" / "last")
+    for name in ("encoder", "projector"):  # the frozen stage kept the end-to-end latent encoder
+        ours, theirs = getattr(model, name).state_dict(), getattr(end_to_end, name).state_dict()
+        assert all(ours[k].equal(theirs[k]) for k in ours), name
     assert set(record["evaluate"]["protocols"]) == {"anywhere", "near"}
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
@@ -64,4 +74,4 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     rerun = run_recipe(out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
-    assert all(record[s].get("skipped") for s in ("collect", "pretrain", "posttrain", "evaluate"))
+    assert all(record[s].get("skipped") for s in ("collect", "pretrain", "posttrain", "refine", "evaluate"))
