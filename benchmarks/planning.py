@@ -38,6 +38,7 @@ import yaml  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import envs  # noqa: E402
+from envs.arm import ARM_STATE_DIM, ArmEnv  # noqa: E402
 from jepa_world import evaluation as ev  # noqa: E402
 from jepa_world.models.vit import build_encoder  # noqa: E402
 from jepa_world.world_model import WorldModel, WorldModelConfig  # noqa: E402
@@ -57,8 +58,10 @@ def default_world_model(model: str | None) -> tuple[WorldModel, str]:
             raise
     posttrain = yaml.safe_load((ROOT / "conf" / "posttrain.yaml").read_text())
     encoder = build_encoder("tiny", img_size=64, patch_size=posttrain["random_encoder"]["patch_size"])
-    wm_cfg = WorldModelConfig(**posttrain["world_model"])
-    wm = WorldModel.create(encoder, action_dim=3, state_dim=9, config=wm_cfg, size=posttrain["predictor"]["size"])
+    fields = {**posttrain["world_model"], "integrated_state_dims": ArmEnv.action_state_map}  # null there: the data's map
+    wm_cfg = WorldModelConfig(**fields)
+    wm = WorldModel.create(encoder, action_dim=len(ArmEnv.action_names), state_dim=ARM_STATE_DIM, config=wm_cfg,
+                           size=posttrain["predictor"]["size"])
     return wm.eval().requires_grad_(False), f"random-init posttrain default (encoder tiny, predictor {posttrain['predictor']['size']})"
 
 
