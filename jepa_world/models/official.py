@@ -346,12 +346,26 @@ def select_part(checkpoint: Mapping, which: str, source: str = "checkpoint") -> 
     return tensors
 
 
+# HF VJEPA2Config keys -> ours, per part: what the weights cannot tell (head counts) and image geometry.
+HF_CONFIG_KEYS = {
+    "encoder": {"num_attention_heads": "num_heads", "crop_size": "img_size", "frames_per_clip": "num_frames"},
+    "predictor": {"pred_num_attention_heads": "num_heads"},
+}
+
+
 def _sibling_config(path: Path, which: str) -> dict:
-    """Our converted checkpoints keep the exact configs (incl. num_heads) in config.json."""
+    """The config.json beside the weights: ours keeps the exact configs (incl. num_heads); an HF
+    ``VJEPA2Config`` (``model_type`` "vjepa2") gives the head counts the weights cannot."""
     config_path = (path if path.is_dir() else path.parent) / "config.json"
     if not config_path.is_file():
         return {}
-    config = json.loads(config_path.read_text())
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{config_path}: not valid JSON ({err})") from err
+    if config.get("model_type") == "vjepa2":
+        keys = HF_CONFIG_KEYS["predictor" if which == "predictor" else "encoder"]
+        return {ours: config[theirs] for theirs, ours in keys.items() if theirs in config}
     config_class = PredictorConfig if which == "predictor" else ViTConfig
     section = config.get("predictor" if which == "predictor" else "encoder")
     if not isinstance(section, Mapping):

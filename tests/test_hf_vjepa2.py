@@ -1,0 +1,55 @@
+"""A real (small, random) Hugging Face ``VJEPA2Model`` with non-default head counts converts exactly:
+the head counts come from its config.json, not from a guess on the width (issue #13, class 4)."""
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers", reason='needs transformers (the language extra): pip install -e ".[language]"')
+
+from jepa_world.models.official import convert_checkpoint, load_official_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    # 6 heads at width 192 (our "tiny" size has 3) and a 96-wide predictor with 4 heads (released: 12).
+    config = transformers.VJEPA2Config(hidden_size=192, num_attention_heads=6, num_hidden_layers=2,
+                                       pred_hidden_size=96, pred_num_attention_heads=4, pred_num_hidden_layers=2,
+                                       crop_size=32, frames_per_clip=4, patch_size=8, tubelet_size=2,
+                                       pred_num_mask_tokens=2)
+    model = transformers.VJEPA2Model(config).eval()
+    with torch.no_grad():
+        for token in model.predictor.embeddings.mask_tokens:
+            token.normal_()  # distinct mask tokens, so picking the wrong one shows
+    directory = tmp_path_factory.mktemp("hf") / "vjepa2"
+    model.save_pretrained(directory)
+    return directory, model
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def test_encoder_and_predictor_match_the_hf_model(hf_dir):
+    directory, hf = hf_dir
+    encoder = load_official_checkpoint(directory, which="encoder").eval()
+    predictor = load_official_checkpoint(directory, which="predictor").eval()
+    assert (encoder.cfg.num_heads, predictor.cfg.num_heads) == (6, 4)
+    video = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # (B, T, C, H, W), HF layout
+    context, target = torch.arange(20)[None].expand(2, -1), torch.arange(20, 32)[None].expand(2, -1)
+    with torch.no_grad():
+        theirs = hf.encoder(pixel_values_videos=video).last_hidden_state  # (B, N, D)
+        ours = encoder(video.permute(0, 2, 1, 3, 4))
+        assert relative(ours, theirs) < 1e-5
+        predicted = hf.predictor(theirs, [context], [target]).last_hidden_state
+        ours_predicted = predictor(theirs[:, :20], context, target, (2, 4, 4), mask_index=1)
+        assert relative(ours_predicted, predicted) < 1e-5
+        # HF (like the official code at inference) uses mask token 1; ours defaults to 0, the token of
+        # the first mask generator in training (docs/pretraining.md): pass mask_index=1 to match.
+        assert relative(predictor(theirs[:, :20], context, target, (2, 4, 4)), predicted) > 1e-3
+
+
+def test_convert_checkpoint_keeps_the_hf_head_counts(hf_dir, tmp_path):
+    directory, _ = hf_dir
+    out = convert_checkpoint(directory / "model.safetensors", tmp_path / "ours")
+    converted = load_official_checkpoint(out, which="encoder")
+    assert converted.cfg.num_heads == 6 and load_official_checkpoint(out, which="predictor").cfg.num_heads == 4
