@@ -107,6 +107,20 @@ def module_tensors(modules: Mapping[str, nn.Module]) -> dict[str, Tensor]:
     return flat
 
 
+def unshared(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` with every tensor whose storage an earlier one uses copied: safetensors refuses
+    shared storage, which torch.save files have when two parts are the same tensors (an encoder and
+    its EMA target at step 0)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        pointer = value.untyped_storage().data_ptr() if value.numel() else None
+        out[key] = value.clone() if pointer in seen else value
+        if pointer is not None:
+            seen.add(pointer)
+    return out
+
+
 def write_directory(directory: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Atomically (re)place ``directory`` with what ``write(staging)`` puts in a hidden staging
     directory beside it: every file is made world-readable and fsynced before the swap, so a
@@ -146,7 +160,7 @@ def save_checkpoint(
         raise CheckpointError(f"refusing to write {directory}: non-finite values in {bad[:5]}")
 
     def write(temp: Path) -> None:
-        save_file(dict(tensors), str(temp / MODEL_FILE), metadata={"format": "pt"})
+        save_file(unshared(tensors), str(temp / MODEL_FILE), metadata={"format": "pt"})
         (temp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         if train_state is not None:
             torch.save(dict(train_state), temp / TRAIN_STATE_FILE)

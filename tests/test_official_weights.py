@@ -295,3 +295,16 @@ def test_large_official_and_hf_layouts_load_strictly(tmp_path):
     with pytest.raises(CheckpointMismatchError, match=r"'blocks.0.mlp.fc1.weight': checkpoint \(4096, 1024\) "
                                                       r"vs model \(2048, 1024\)"):
         load_official_checkpoint(path, "target_encoder", model=narrow)
+
+
+def test_convert_all_when_encoder_and_target_share_storage(sources, tmp_path):
+    """torch.save writes an encoder and a target encoder that are the same tensors (an EMA target at
+    step 0, or a file saved from one module twice) as shared storage; safetensors refuses shared
+    tensors, so the writer must copy them."""
+    shared = official_layout(sources["encoder"])
+    path = tmp_path / "shared.pt"
+    torch.save({"encoder": shared, "target_encoder": shared, "predictor": official_layout(sources["predictor"])}, path)
+    out = convert_checkpoint(path, tmp_path / "ours", which="all")
+    for part in ("encoder", "target_encoder"):
+        torch.testing.assert_close(encode(load_official_checkpoint(out, which=part), sources),
+                                   encode(sources["encoder"], sources), rtol=0, atol=1e-6)
