@@ -86,9 +86,12 @@ def as_bound(value: ArrayLike, action_dim: int | None, device: torch.device, nam
     return bound
 
 
-def check_costs(costs: Tensor, num_envs: int, samples: int) -> None:
+def check_costs(costs: Tensor, num_envs: int, samples: int) -> Tensor:
+    """The (E, S) costs with NaN read as +inf, so a broken candidate is never chosen (on the device:
+    no host sync); ``plan`` raises if an env ends with no finite cost at all."""
     if costs.shape != (num_envs, samples):
         raise ValueError(f"cost_fn must return shape (E, S) = ({num_envs}, {samples}), got {tuple(costs.shape)}")
+    return torch.where(torch.isnan(costs), torch.inf, costs)
 
 
 class Planner(abc.ABC):
@@ -166,6 +169,11 @@ class Planner(abc.ABC):
         deadline = None if time_budget_s is None else start + time_budget_s
         result = self._run(cost_fn, mean, std, bounds, generators, deadline)
         result.elapsed_s = time.perf_counter() - start
+        finite = torch.isfinite(result.best_cost)
+        if not bool(finite.all()):  # one host sync per planning call, after the loop
+            bad = torch.nonzero(~finite).flatten().tolist()
+            raise RuntimeError(f"cost_fn gave no finite cost for env(s) {bad} in {result.iterations} iteration(s): "
+                               "the world model or objective returns NaN/inf (check the model's weights and inputs)")
         return result
 
     # -- helpers for subclasses ---------------------------------------------------------
@@ -224,8 +232,7 @@ class SamplingPlanner(Planner):
                 # Phase 1: sample candidates around the current distribution (candidate 0 = mean).
                 candidates = sample_candidates(mean, std, cfg.samples, bounds, generators)  # (E, S, H, A)
                 # Phase 2: score all E*S candidates in one batched world-model call.
-                costs = cost_fn(candidates)  # (E, S)
-                check_costs(costs, num_envs, cfg.samples)
+                costs = check_costs(cost_fn(candidates), num_envs, cfg.samples)  # (E, S)
                 # Phase 3: keep the best plan so far on the device (no host sync).
                 best_actions, best_cost, iter_cost = self.update_best(best_actions, best_cost, candidates, costs)
                 iter_costs.append(iter_cost)

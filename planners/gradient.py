@@ -68,14 +68,14 @@ class GradientPlanner(Planner):
                 optimizer.param_groups[0]["lr"] = cfg.lr * (1 - (1 - cfg.final_lr_fraction) * progress)
                 actions = center + scale * u  # (E, S, H, A), already inside the bounds
                 costs = cost_fn(actions)  # (E, S)
-                check_costs(costs, E, cfg.samples)
+                scored = check_costs(costs, E, cfg.samples)
                 # Restarts are independent, so the gradient of the sum is each restart's own gradient;
                 # autograd.grad (not backward) leaves the world model's parameter .grad untouched.
                 (u.grad,) = torch.autograd.grad(costs.sum(), [u])
                 with torch.no_grad():
-                    best_actions, best_cost, iter_cost = self.update_best(best_actions, best_cost, actions.detach(), costs.detach())
+                    best_actions, best_cost, iter_cost = self.update_best(best_actions, best_cost, actions.detach(), scored.detach())
                     iter_costs.append(iter_cost)
-                    mean_costs.append(costs.detach()[:, 0])
+                    mean_costs.append(scored.detach()[:, 0])
                     optimizer.step()
                     u.copy_((bounds.project(center + scale * u) - center) / scale)
                 iterations += 1

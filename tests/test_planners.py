@@ -139,10 +139,24 @@ def test_time_budget_accounts_for_an_iteration_slower_than_the_rest(fake_clock):
     assert result.iterations == 6 and result.elapsed_s <= 0.2
 
 
-def test_nan_costs_never_give_nonfinite_plans():
-    result = make_planner("cem", samples=8, elites=2, iterations=3).plan(
-        lambda a: torch.full(a.shape[:2], float("nan")), 1, H, LOW, HIGH)
-    assert torch.isfinite(result.actions).all()
+@pytest.mark.parametrize("name", ["cem", "mppi", "adam"])
+def test_all_nan_costs_raise_naming_the_env_instead_of_returning_a_default_plan(name):
+    def cost(a):  # env 1's world model is broken
+        c = (a ** 2).sum((-1, -2))
+        return torch.where(torch.arange(2)[:, None] == 1, float("nan"), c)
+
+    settings = dict(samples=8, iterations=3, **({} if name == "adam" else {"elites": 2}))
+    with pytest.raises(RuntimeError, match=r"no finite cost for env\(s\) \[1\]"):
+        make_planner(name, **settings).plan(cost, 2, H, LOW, HIGH)
+
+
+def test_some_nan_candidates_are_skipped():
+    def cost(a):
+        c = (a ** 2).sum((-1, -2))
+        return torch.where(torch.arange(c.shape[1]) % 2 == 1, float("nan"), c)
+
+    result = make_planner("cem", samples=8, elites=2, iterations=3).plan(cost, 1, H, LOW, HIGH)
+    assert torch.isfinite(result.actions).all() and torch.isfinite(result.best_cost).all()
 
 
 @pytest.mark.parametrize("name", ["cem", "mppi"])
