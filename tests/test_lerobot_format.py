@@ -84,6 +84,10 @@ def test_v3_layout_and_metadata(tmp_path):
     assert stats["action"]["mean"] == pytest.approx(all_actions.mean(0).tolist(), abs=1e-6)
     assert stats["action"]["std"] == pytest.approx(all_actions.std(0).tolist(), abs=1e-6)
     assert stats["action"]["count"] == [36]
+    # Quantiles for LeRobot's quantile normalisation: per-episode quantiles, count-weighted as LeRobot merges them.
+    q = np.array([stats["action"][k] for k in ("q01", "q10", "q50", "q90", "q99")])
+    assert (np.diff(q, axis=0) >= 0).all() and (q[0] >= all_actions.min(0)).all() and (q[-1] <= all_actions.max(0)).all()
+    assert q[2] == pytest.approx(np.median(all_actions, 0), abs=float(0.25 * all_actions.std(0).max()))
 
 
 def test_round_trip_is_exact_for_numbers_and_close_for_frames(tmp_path):

@@ -5,7 +5,7 @@ finished episode is durable on its own; v3 allows any number of episodes per fil
 
     meta/info.json                                   schema, fps, path templates, totals
     meta/tasks.parquet                               task string -> task_index
-    meta/stats.json                                  min/max/mean/std/count per numeric feature
+    meta/stats.json                                  min/max/mean/std/count and q01..q99 per numeric feature
     meta/episodes/chunk-000/file-000.parquet         one row per committed episode (1000 per file)
     data/chunk-XXX/file-XXX.parquet                  per-frame rows
     videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 (yuv444p lossless at crf 0, else yuv420p)
@@ -162,10 +162,16 @@ class EpisodeRecord:
         return len(self.actions)
 
 
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}  # LeRobot's quantile normalisation
+STAT_KEYS = ("min", "max", "mean", "std", "count", *QUANTILES)
+
+
 def _stats(values: np.ndarray) -> dict[str, list]:
     v = values.astype(np.float64)
-    return {"min": v.min(0).tolist(), "max": v.max(0).tolist(), "mean": v.mean(0).tolist(),
-            "std": v.std(0).tolist(), "count": [len(v)]}
+    stats = {"min": v.min(0).tolist(), "max": v.max(0).tolist(), "mean": v.mean(0).tolist(),
+             "std": v.std(0).tolist(), "count": [len(v)]}
+    stats.update({name: np.quantile(v, q, axis=0).tolist() for name, q in QUANTILES.items()})
+    return stats
 
 
 def _merge_stats(parts: list[dict[str, list]]) -> dict[str, list]:
@@ -175,8 +181,12 @@ def _merge_stats(parts: list[dict[str, list]]) -> dict[str, list]:
     total = counts.sum()
     mean = (counts * means).sum(0) / total
     var = (counts * (stds**2 + (means - mean) ** 2)).sum(0) / total  # parallel-variance formula
-    return {"min": np.min([p["min"] for p in parts], 0).tolist(), "max": np.max([p["max"] for p in parts], 0).tolist(),
-            "mean": mean.tolist(), "std": np.sqrt(var).tolist(), "count": [int(total)]}
+    merged = {"min": np.min([p["min"] for p in parts], 0).tolist(), "max": np.max([p["max"] for p in parts], 0).tolist(),
+              "mean": mean.tolist(), "std": np.sqrt(var).tolist(), "count": [int(total)]}
+    for name in QUANTILES:  # count-weighted mean of per-episode quantiles, as LeRobot aggregates them
+        if all(name in p for p in parts):
+            merged[name] = ((counts * np.array([p[name] for p in parts])).sum(0) / total).tolist()
+    return merged
 
 
 def _tasks_table(tasks: list[str]) -> pa.Table:
@@ -258,7 +268,7 @@ class LeRobotWriter:
                                      "are not 0..N-1 in order")
         for row in self.episodes:  # fold in commit order, exactly as add_episode does, so resumed == uninterrupted
             for feat in STATS_FEATURES:
-                stats = {s: row[f"stats/{feat}/{s}"] for s in ("min", "max", "mean", "std", "count")}
+                stats = {s: row[f"stats/{feat}/{s}"] for s in STAT_KEYS if f"stats/{feat}/{s}" in row}
                 self._stats[feat] = _merge_stats([self._stats[feat], stats]) if feat in self._stats else stats
         self._write_summary()  # a crash may have left info.json/stats.json one commit behind the episode table
         log.info("reopened %s with %d committed episodes", self.root, len(self.episodes))
