@@ -53,3 +53,20 @@ def test_convert_checkpoint_keeps_the_hf_head_counts(hf_dir, tmp_path):
     out = convert_checkpoint(directory / "model.safetensors", tmp_path / "ours")
     converted = load_official_checkpoint(out, which="encoder")
     assert converted.cfg.num_heads == 6 and load_official_checkpoint(out, which="predictor").cfg.num_heads == 4
+
+
+def test_a_bad_hf_projection_is_named_by_the_files_own_key(hf_dir, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from jepa_world.models.official import CheckpointMismatchError
+
+    directory, _ = hf_dir
+    tensors = load_file(str(directory / "model.safetensors"))
+    key = "encoder.layer.1.attention.key.weight"
+    tensors[key] = tensors[key][:-8]  # a truncated key projection
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(tensors, str(bad / "model.safetensors"))
+    (bad / "config.json").write_text((directory / "config.json").read_text())
+    with pytest.raises(CheckpointMismatchError, match=r"'encoder\.layer\.1\.attention\.key\.weight' \(184, 192\)"):
+        load_official_checkpoint(bad, which="encoder")

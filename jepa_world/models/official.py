@@ -72,8 +72,11 @@ def is_hf_layout(state_dict: Mapping[str, Tensor]) -> bool:
     return any(key.startswith(HF_MARKERS) for key in state_dict)
 
 
-def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str) -> dict[str, Tensor]:
-    """``{block}.N.attention.{query,key,value,proj}`` -> ``{block}.N.attn.{qkv,proj}``."""
+def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str,
+                       origins: Mapping[str, str] | None = None) -> dict[str, Tensor]:
+    """``{block}.N.attention.{query,key,value,proj}`` -> ``{block}.N.attn.{qkv,proj}``; ``origins``
+    maps a renamed key back to the file's own, so errors name what the file calls the tensor."""
+    origins = origins or {}
     out: dict[str, Tensor] = {}
     pieces: dict[str, dict[str, Tensor]] = {}
     pattern = re.compile(rf"^({re.escape(block_prefix)}\.\d+)\.attention\.(query|key|value|proj)\.(weight|bias)$")
@@ -86,12 +89,16 @@ def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str) -> dict
         if name == "proj":
             out[f"{block}.attn.proj.{kind}"] = value
         else:
-            pieces.setdefault(f"{block}.attn.qkv.{kind}", {})[name] = value
+            pieces.setdefault(f"{block}.attn.qkv.{kind}", {})[name] = (origins.get(key, key), value)
     for key, parts in pieces.items():
         missing = [name for name in ("query", "key", "value") if name not in parts]
         if missing:
             raise CheckpointMismatchError(f"HF checkpoint has no {missing} projection(s) for {key}")
-        out[key] = torch.cat([parts["query"], parts["key"], parts["value"]], dim=0)
+        shapes = {parts[name][0]: tuple(parts[name][1].shape) for name in ("query", "key", "value")}
+        if len(set(shapes.values())) != 1:
+            raise CheckpointMismatchError(f"HF query/key/value projections differ in shape: "
+                                          + ", ".join(f"'{k}' {s}" for k, s in shapes.items()))
+        out[key] = torch.cat([parts[name][1] for name in ("query", "key", "value")], dim=0)
     return out
 
 
@@ -107,7 +114,9 @@ def _rename_hf(state_dict: Mapping[str, Tensor], part: str) -> dict[str, Tensor]
               ("layernorm.", "norm."), ("layer.", "blocks.")]
     )
     out: dict[str, Tensor] = {}
-    for key, value in state_dict.items():
+    origins: dict[str, str] = {}
+    for original, value in state_dict.items():
+        key = original
         if not key.startswith(section):
             continue  # the other part of the full model (or a classification head)
         key = key[len(section):].replace("attention.attention.", "attention.")  # early HF releases nest it
@@ -120,7 +129,8 @@ def _rename_hf(state_dict: Mapping[str, Tensor], part: str) -> dict[str, Tensor]
                 key = new + key[len(old):]
                 break
         out[key] = value
-    return _fuse_hf_attention(out, block_prefix)
+        origins[key] = original
+    return _fuse_hf_attention(out, block_prefix, origins)
 
 
 def to_official_keys(state_dict: Mapping[str, Tensor], part: str) -> dict[str, Tensor]:
