@@ -9,8 +9,9 @@ Prints a table and writes the figures as JSON:
   * fp32 device vs CPU: max relative error of the shipped world model's encode and KV-cached rollout;
   * bf16 autocast vs fp32 on the device: relative error of the same outputs;
   * SDPA flash: whether scaled_dot_product_attention runs when restricted to the flash kernel;
-  * pretrain step: a V-JEPA masked-latent step (encoder + predictor forward/backward, EMA target
-    forward) of a --size ViT on 16x224x224 clips: ms/step, TFLOP/s counted by FlopCounterMode, MFU;
+  * pretrain step: benchmarks/pretrain_throughput.py's V-JEPA 2 step (two 3-D multi-block masks,
+    EMA target) of a --size ViT on 16x224x224 clips, bf16 autocast: ms/step, TFLOP/s counted by
+    FlopCounterMode, MFU;
   * end-to-end post-train step: encoder + projector + predictor with the rollout loss: ms/step, MFU;
   * planning: ms per MPCAgent.act on the real reach env with the shipped model and cem_fast.
 """
@@ -28,13 +29,12 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+from planning import count_flops  # noqa: E402  (sibling benchmark scripts)
+from pretrain_throughput import BenchConfig, PretrainStep, register_cpu_attention_flops  # noqa: E402
 
 import envs  # noqa: E402
-from jepa_world.models.predictor import MaskedPredictor, PredictorConfig  # noqa: E402
 from jepa_world.models.vit import build_encoder  # noqa: E402
 from jepa_world.training.posttrain import PosttrainObjective  # noqa: E402
-from jepa_world.training.pretrain import JEPA  # noqa: E402
 from jepa_world.world_model import WorldModel, WorldModelConfig  # noqa: E402
 from planners import make_planner  # noqa: E402
 from planners.agent import MPCAgent  # noqa: E402
@@ -63,12 +63,6 @@ def timed(fn, device: torch.device, repeats: int) -> float:
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int) -> float:
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n**3 / timed(lambda: a @ b, device, 5) / 1e12
-
-
-def flops_of(fn) -> int:
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return counter.get_total_flops()
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -114,33 +108,14 @@ def check_flash(device: torch.device, report: dict) -> None:
         report["sdpa_flash"] = f"not available: {str(err).splitlines()[0][:120]}"
 
 
-def pretrain_step(device: torch.device, size: str, batch: int, frames: int, img: int, report: dict, peak: float) -> None:
-    torch.manual_seed(0)
-    encoder = build_encoder(size, img_size=img, num_frames=frames).to(device)
-    target = build_encoder(size, img_size=img, num_frames=frames).to(device).requires_grad_(False)
-    predictor = MaskedPredictor(PredictorConfig(encoder_dim=encoder.embed_dim, dim=min(384, encoder.embed_dim),
-                                                depth=4, num_heads=max(1, min(384, encoder.embed_dim) // 64))).to(device)
-    jepa = JEPA(encoder, predictor)
-    optimizer = torch.optim.AdamW(jepa.parameters(), lr=1e-4)
-    clips = torch.randn(batch, 3, frames, img, img, device=device)
-    n = encoder.grid_shape(clips.shape)
-    tokens = n[0] * n[1] * n[2]
-    order = torch.stack([torch.randperm(tokens) for _ in range(batch)]).to(device)
-    masks = [(order[:, : tokens // 4], order[:, tokens // 4:])]
-    autocast = device.type == "cuda"
-
-    def step():
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            with torch.no_grad():
-                targets = F.layer_norm(target(clips), (target.embed_dim,))
-            loss = jepa(clips, masks, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    seconds = timed(step, device, 3)
-    flops = flops_of(step)
-    report["pretrain"] = {"size": size, "batch": batch, "clip": f"{frames}x{img}x{img}", "ms_per_step": 1e3 * seconds,
+def pretrain_step(device: torch.device, bench: BenchConfig, report: dict, peak: float) -> None:
+    """benchmarks/pretrain_throughput.py's real V-JEPA 2 step (masks, EMA), bf16 autocast on CUDA."""
+    step = PretrainStep(bench, device=device, autocast=device.type == "cuda")
+    masks = step.masks()
+    seconds = timed(lambda: step(masks), device, 3)
+    flops = count_flops(lambda: step(masks))
+    report["pretrain"] = {"size": bench.size, "batch": bench.batch_size,
+                          "clip": f"{bench.num_frames}x{bench.img_size}x{bench.img_size}", "ms_per_step": 1e3 * seconds,
                           "tflops": flops / seconds / 1e12, "mfu": flops / seconds / 1e12 / peak}
 
 
@@ -161,7 +136,7 @@ def end_to_end_step(device: torch.device, batch: int, report: dict, peak: float)
         optimizer.step()
 
     seconds = timed(step, device, 3)
-    flops = flops_of(step)
+    flops = count_flops(step)
     report["end_to_end"] = {"batch": batch, "ms_per_step": 1e3 * seconds, "tflops": flops / seconds / 1e12,
                             "mfu": flops / seconds / 1e12 / peak}
 
@@ -196,12 +171,13 @@ def main() -> None:
         report["peak_bf16_tflops"] = peak = matmul_peak(device, torch.bfloat16, n)
     check_numerics(device, report)
     check_flash(device, report)
+    register_cpu_attention_flops()  # FlopCounterMode counts the CUDA attention kernels already
     if args.smoke:
-        pretrain_step(device, "micro", 2, 4, 32, report, peak)
+        pretrain_step(device, BenchConfig("micro", 32, 8, 2, 96, 2, 4, num_frames=4), report, peak)
         end_to_end_step(device, 4, report, peak)
         planning(device, 3, report)
     else:
-        pretrain_step(device, args.size, 16, 16, 224, report, peak)
+        pretrain_step(device, BenchConfig(args.size, 224, 16, 16, 384, 12, 12), report, peak)
         end_to_end_step(device, 256, report, peak)
         planning(device, 20, report)
     Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -44,7 +44,7 @@ CONFIGS: dict[str, BenchConfig] = {
 }
 
 
-def _register_cpu_attention_flops() -> None:
+def register_cpu_attention_flops() -> None:
     """FlopCounterMode knows the CUDA attention kernels only; count the CPU flash kernel too."""
     aten = torch.ops.aten
     if aten._scaled_dot_product_flash_attention_for_cpu in flop_counter.flop_registry:
@@ -71,8 +71,11 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 
 
 class PretrainStep:
-    def __init__(self, bench: BenchConfig, seed: int = 0):
+    """One real V-JEPA 2 step on ``device``; ``autocast`` runs the forward passes in bf16 (CUDA)."""
+
+    def __init__(self, bench: BenchConfig, seed: int = 0, device: torch.device | str = "cpu", autocast: bool = False):
         torch.manual_seed(seed)
+        self.device, self.autocast = torch.device(device), autocast
         enc_cfg = ViTConfig(size=bench.size, img_size=bench.img_size, patch_size=bench.patch_size,
                             num_frames=bench.num_frames)
         self.generators = build_mask_generators("vjepa2")
@@ -80,11 +83,12 @@ class PretrainStep:
         predictor = MaskedPredictor(PredictorConfig(
             encoder_dim=enc_cfg.embed_dim, dim=bench.predictor_dim, depth=bench.predictor_depth,
             num_heads=bench.predictor_heads, num_mask_tokens=len(self.generators)))
-        self.jepa = JEPA(encoder, predictor)
+        self.jepa = JEPA(encoder, predictor).to(self.device)
         self.target = VisionTransformer(enc_cfg).requires_grad_(False)
         self.target.load_state_dict(encoder.state_dict())
+        self.target.to(self.device)
         self.optimizer = torch.optim.AdamW(self.jepa.parameters(), lr=1e-4, weight_decay=0.04)
-        self.clips = torch.randn(bench.batch_size, 3, bench.num_frames, bench.img_size, bench.img_size)
+        self.clips = torch.randn(bench.batch_size, 3, bench.num_frames, bench.img_size, bench.img_size, device=self.device)
         self.grid = encoder.grid_shape(self.clips.shape)
         self.generator = torch.Generator().manual_seed(seed)
         self.params = sum(p.numel() for p in self.jepa.parameters())
@@ -94,8 +98,10 @@ class PretrainStep:
         return [gen(self.clips.shape[0], self.grid, self.generator) for gen in self.generators]
 
     def __call__(self, masks) -> float:
-        targets = embed_targets(self.target, self.clips)  # (B, N, D)
-        loss = self.jepa(self.clips, masks, targets)
+        masks = [(context.to(self.device), target.to(self.device)) for context, target in masks]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            targets = embed_targets(self.target, self.clips)  # (B, N, D)
+            loss = self.jepa(self.clips, masks, targets)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -105,7 +111,7 @@ class PretrainStep:
 
 
 def run(names: list[str], steps: int, warmup: int) -> list[dict]:
-    _register_cpu_attention_flops()
+    register_cpu_attention_flops()
     rows = []
     for name in names:
         step = PretrainStep(CONFIGS[name])
