@@ -8,11 +8,10 @@ readable and fsynced, and the directory is swapped into place atomically. A chec
     config.json         the resolved run config (plain JSON)
     train_state.pt      optimizer / step / RNG / data position, loaded with weights_only=True
 
-``save_checkpoint`` writes all files into a hidden temp directory next to the target,
-fsyncs them, then swaps the temp directory into place (``renameat2(RENAME_EXCHANGE)``
-on Linux, so ``last/`` is never missing or half-written, even if the process is killed
-mid-save). Loading validates every key and shape and raises ``CheckpointError`` naming
-the file and the key, so a bad checkpoint never degrades into a silent restart.
+The swap is ``renameat2(RENAME_EXCHANGE)`` on Linux, so ``last/`` is never missing or
+half-written, even if the process is killed mid-save. Loading validates every key, shape and
+value and raises ``CheckpointError`` naming the file and the key, so a bad checkpoint never
+degrades into a silent restart.
 """
 from __future__ import annotations
 

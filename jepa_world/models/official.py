@@ -72,11 +72,9 @@ def is_hf_layout(state_dict: Mapping[str, Tensor]) -> bool:
     return any(key.startswith(HF_MARKERS) for key in state_dict)
 
 
-def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str,
-                       origins: Mapping[str, str] | None = None) -> dict[str, Tensor]:
+def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str, origins: Mapping[str, str]) -> dict[str, Tensor]:
     """``{block}.N.attention.{query,key,value,proj}`` -> ``{block}.N.attn.{qkv,proj}``; ``origins``
     maps a renamed key back to the file's own, so errors name what the file calls the tensor."""
-    origins = origins or {}
     out: dict[str, Tensor] = {}
     pieces: dict[str, dict[str, Tensor]] = {}
     pattern = re.compile(rf"^({re.escape(block_prefix)}\.\d+)\.attention\.(query|key|value|proj)\.(weight|bias)$")
@@ -89,7 +87,7 @@ def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str,
         if name == "proj":
             out[f"{block}.attn.proj.{kind}"] = value
         else:
-            pieces.setdefault(f"{block}.attn.qkv.{kind}", {})[name] = (origins.get(key, key), value)
+            pieces.setdefault(f"{block}.attn.qkv.{kind}", {})[name] = (origins[key], value)
     for key, parts in pieces.items():
         missing = [name for name in ("query", "key", "value") if name not in parts]
         if missing:
