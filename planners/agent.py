@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from planners.base import CostFn, Planner, PlanResult
-from planners.objectives import ObjectiveConfig, build_cost_fn, uses_states
+from planners.objectives import ObjectiveConfig, build_cost_fn, model_state_dim, uses_states
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class MPCAgent:
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
         self.uses_states = uses_states(world_model) or self.objective.needs_proprio
-        model_state_dim = getattr(getattr(getattr(world_model, "predictor", None), "config", None), "state_dim", 0)
-        self.state_dim: int | None = model_state_dim or None  # None: the model takes no states (proprio cost only)
+        self.state_dim = model_state_dim(world_model) or None  # None: length unknown or no states (proprio cost only)
         self.action_low = torch.as_tensor(np.asarray(action_low, dtype=np.float32), device=self.device)
         self.action_high = torch.as_tensor(np.asarray(action_high, dtype=np.float32), device=self.device)
         self.generators: list[torch.Generator] = []

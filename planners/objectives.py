@@ -108,10 +108,16 @@ def head_weight(weight: float | None, has_head: bool, default: float, name: str,
     return float(weight)
 
 
+def model_state_dim(world_model) -> int | None:
+    """The predictor's proprio state_dim (0: it takes none); None for duck-typed models without a
+    predictor config, which are assumed to take states."""
+    return getattr(getattr(getattr(world_model, "predictor", None), "config", None), "state_dim", None)
+
+
 def uses_states(world_model) -> bool:
     """Whether the world model's predictor takes proprio states (models without a predictor config: yes)."""
-    predictor_config = getattr(getattr(world_model, "predictor", None), "config", None)
-    return getattr(predictor_config, "state_dim", 1) > 0
+    state_dim = model_state_dim(world_model)
+    return state_dim is None or state_dim > 0
 
 
 def normalize_latents(z: Tensor, layer_norm: bool = True) -> Tensor:

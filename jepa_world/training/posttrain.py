@@ -265,11 +265,10 @@ def load_projector(spec: str, world_model: WorldModel) -> bool:
     saved = read_config(directory).get("world_model", {})
     same_shape = (saved.get("latent") == "global" and saved.get("latent_dim") == world_model.config.latent_dim
                   and saved.get("projector_hidden") == world_model.config.projector_hidden)
-    tensors = read_tensors(directory)
-    if not same_shape or not any(key.startswith("projector.") for key in tensors):
+    if not same_shape:  # a pretraining checkpoint, a token-latent model or another width: no weights read
         log.info("%s has no projector of this shape: the projector starts from random init", directory)
         return False
-    load_modules(directory, {"projector": world_model.projector}, tensors)
+    load_modules(directory, {"projector": world_model.projector})
     log.info("loaded the projector from %s", directory)
     return True
 
