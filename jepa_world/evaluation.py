@@ -450,9 +450,8 @@ def plot_evaluation(path: str | os.PathLike, rows: Mapping[str, Sequence[Episode
         finals.set_xlabel("episode (sorted by final distance)")
         finals.set_ylabel("final distance (m)")
         successes = sum(r.success is True for r in judged)
-        prefix = f"{name}: " if name else ""
-        finals.set_title(f"{prefix}{successes}/{len(judged)} within the success radius", fontsize=10)
-        curves.set_title(f"{prefix}{len(judged)} episodes", fontsize=10)
+        finals.set_title(f"{name}: {successes}/{len(judged)} within the success radius", fontsize=10)
+        curves.set_title(f"{name}: {len(judged)} episodes", fontsize=10)
         if success_threshold is not None:
             for ax in (curves, finals):
                 ax.axhline(success_threshold, color="black", linewidth=0.8, linestyle="--", label="success radius")
