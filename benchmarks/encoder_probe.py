@@ -33,7 +33,7 @@ from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.probe import effective_rank
 from jepa_world.training.posttrain import load_encoder
 from jepa_world.training.sigreg import SIGReg, SIGRegConfig, step_generator
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.latent_encoder import LatentConfig, LatentEncoder
 
 log = logging.getLogger("encoder_probe")
 
@@ -117,8 +117,8 @@ def probe(spec: str, args: argparse.Namespace) -> dict[str, float]:
     encoder = load_encoder(spec, {"patch_size": args.patch_size}, args.img_size, args.seed).eval()
     caches = {}
     for pool in sorted({1, args.latent_pool}):
-        world_model = WorldModel.create(encoder, 3, 0, WorldModelConfig(latent_pool=pool), img_size=args.img_size, size="micro")
-        caches[pool] = load_or_build_feature_cache(world_model, args.data, cache_root=args.cache_root)
+        latent_encoder = LatentEncoder(encoder, LatentConfig(latent_pool=pool))
+        caches[pool] = load_or_build_feature_cache(latent_encoder, args.data, cache_root=args.cache_root)
     full, pooled = caches[1], caches[args.latent_pool]
     train_rows, test_rows = episode_split(full, args.test_episodes)
     generator = torch.Generator().manual_seed(args.seed)

@@ -35,7 +35,8 @@ from pretrain_throughput import BenchConfig, PretrainStep, register_cpu_attentio
 import envs  # noqa: E402
 from jepa_world.models.vit import build_encoder  # noqa: E402
 from jepa_world.training.posttrain import PosttrainObjective  # noqa: E402
-from jepa_world.world_model import WorldModel, WorldModelConfig  # noqa: E402
+from jepa_world.latent_encoder import LatentConfig  # noqa: E402
+from jepa_world.world_model import WorldModel  # noqa: E402
 from planners import make_planner  # noqa: E402
 from planners.agent import MPCAgent  # noqa: E402
 
@@ -122,7 +123,7 @@ def pretrain_step(device: torch.device, bench: BenchConfig, report: dict, peak: 
 def end_to_end_step(device: torch.device, batch: int, report: dict, peak: float) -> None:
     torch.manual_seed(0)
     encoder = build_encoder("micro", img_size=64, patch_size=8)
-    config = WorldModelConfig(latent="global", normalize_latents=False, trainable_encoder=True)
+    config = LatentConfig(latent="global", normalize_latents=False, trainable_encoder=True)
     world_model = WorldModel.create(encoder, 3, 0, config, img_size=64, size="micro", predict_residual=True).to(device)
     objective = PosttrainObjective(world_model, rollout_steps=2, loss="mse")
     optimizer = torch.optim.AdamW(objective.parameters(), lr=1e-3)

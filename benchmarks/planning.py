@@ -41,7 +41,7 @@ import envs  # noqa: E402
 from envs.arm import ARM_STATE_DIM, ArmEnv  # noqa: E402
 from jepa_world import evaluation as ev  # noqa: E402
 from jepa_world.models.vit import build_encoder  # noqa: E402
-from jepa_world.world_model import WorldModel, WorldModelConfig  # noqa: E402
+from jepa_world.world_model import WorldModel, split_world_model_config  # noqa: E402
 from planners import make_planner  # noqa: E402
 from planners.agent import MPCAgent  # noqa: E402
 from planners.objectives import build_cost_fn  # noqa: E402
@@ -59,8 +59,7 @@ def default_world_model(model: str | None) -> tuple[WorldModel, str]:
     posttrain = yaml.safe_load((ROOT / "conf" / "posttrain.yaml").read_text())
     encoder = build_encoder("tiny", img_size=64, patch_size=posttrain["random_encoder"]["patch_size"])
     fields = {**posttrain["world_model"], "integrated_state_dims": ArmEnv.action_state_map}  # null there: the data's map
-    wm_cfg = WorldModelConfig(**fields)
-    wm = WorldModel.create(encoder, action_dim=len(ArmEnv.action_names), state_dim=ARM_STATE_DIM, config=wm_cfg,
+    wm = WorldModel.create(encoder, len(ArmEnv.action_names), ARM_STATE_DIM, *split_world_model_config(fields),
                            size=posttrain["predictor"]["size"])
     return wm.eval().requires_grad_(False), f"random-init posttrain default (encoder tiny, predictor {posttrain['predictor']['size']})"
 

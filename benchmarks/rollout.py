@@ -24,15 +24,17 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from envs.arm import ARM_STATE_DIM, ArmEnv
 from jepa_world.models.vit import build_encoder
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.dynamics import DynamicsConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel
 
 
 def default_model() -> WorldModel:
     torch.manual_seed(0)
     encoder = build_encoder("tiny", img_size=64, patch_size=8)
-    config = WorldModelConfig(latent_pool=2, integrated_state_dims=ArmEnv.action_state_map)
-    return WorldModel.create(encoder, action_dim=len(ArmEnv.action_names), state_dim=ARM_STATE_DIM, config=config,
-                             size="tiny")  # absolute head: random weights give non-trivial outputs to compare
+    return WorldModel.create(encoder, action_dim=len(ArmEnv.action_names), state_dim=ARM_STATE_DIM,
+                             latent_config=LatentConfig(latent_pool=2),
+                             dynamics_config=DynamicsConfig(integrated_state_dims=ArmEnv.action_state_map), size="tiny")  # absolute head: random weights give non-trivial outputs to compare
 
 
 def timed(fn, repeats: int, threads: int) -> tuple[float, float]:

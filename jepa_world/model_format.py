@@ -16,6 +16,7 @@ degrades into a silent restart.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import errno
 import json
 import logging
@@ -258,3 +259,14 @@ def load_modules(
                     value.copy_(distribute_tensor(stored[key].to(value.dtype), value.device_mesh, value.placements))
                 else:
                     value.copy_(stored[key])
+
+
+def hash_module_weights(module: nn.Module) -> str:
+    """sha256 over every state-dict tensor (name, dtype, shape, bytes), in key order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()

@@ -10,7 +10,8 @@ from planners import make_planner
 from planners.agent import MPCAgent
 from planners.objectives import ObjectiveConfig, build_cost_fn
 from jepa_world.models.vit import build_encoder
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.dynamics import DynamicsConfig
+from jepa_world.world_model import WorldModel
 
 SIZE = 16
 
@@ -86,7 +87,7 @@ def test_agent_reaches_goal_and_stays_in_bounds(planner):
 
 def tiny_world_model():
     encoder = build_encoder("tiny", img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)
-    return WorldModel.create(encoder, action_dim=2, state_dim=2, config=WorldModelConfig(integrated_state_dims=(0, 1)),
+    return WorldModel.create(encoder, action_dim=2, state_dim=2, dynamics_config=DynamicsConfig(integrated_state_dims=(0, 1)),
                              dim=32, depth=1, num_heads=2).eval()
 
 

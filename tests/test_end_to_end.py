@@ -21,7 +21,8 @@ from jepa_world.training.posttrain import (
     run_posttrain,
 )
 from jepa_world.training.run import read_metrics
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel
 from planners.objectives import DEFAULT_CRITIC_WEIGHT, ObjectiveConfig, build_cost_fn
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -40,7 +41,7 @@ def reach_data(tmp_path_factory) -> Path:
 def global_model(seed: int = 0, critic: dict | None = None, trainable: bool = True) -> WorldModel:
     torch.manual_seed(seed)
     encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
-    config = WorldModelConfig(**GLOBAL, trainable_encoder=trainable)
+    config = LatentConfig(**GLOBAL, trainable_encoder=trainable)
     return WorldModel.create(encoder, 3, 0, config, critic=critic, size="micro", predict_residual=True)
 
 
@@ -59,7 +60,7 @@ def e2e_config(data: Path, out: Path, **overrides) -> PosttrainConfig:
 def test_end_to_end_objective_sends_gradients_into_the_encoder(reach_data):
     store = load_frames(reach_data)
     wm = global_model()
-    wm.set_input_statistics(torch.zeros(3), torch.ones(3))
+    wm.dynamics.set_input_statistics(torch.zeros(3), torch.ones(3))
     objective = PosttrainObjective(wm, rollout_steps=2, loss="mse")
     frames = store.latents[:8].reshape(2, 4, *store.latents.shape[1:])  # (B=2, T=4, 3, H, W) uint8
     losses = objective(frames, store.actions[:6].reshape(2, 3, 3), None)
@@ -81,7 +82,7 @@ def test_training_rollout_is_the_planning_rollout():
     """The rollout loss is computed by WorldModel.rollout's re-run path; its KV-cached path (what
     the planner runs) gives the same predictions, so the loss measures what planning uses."""
     wm = global_model(trainable=False).eval()
-    wm.set_input_statistics(torch.tensor([0.01, -0.02, 0.0]), torch.tensor([0.02, 0.03, 0.01]))
+    wm.dynamics.set_input_statistics(torch.tensor([0.01, -0.02, 0.0]), torch.tensor([0.02, 0.03, 0.01]))
     actions = torch.randn(5, 3, 3) * 0.03
     z = torch.randn(5, 4, 1, 16)  # a frozen model's store holds latents
     naive = wm.rollout(z[:, 0], None, actions, use_kv_cache=False)
@@ -195,9 +196,9 @@ def test_planning_cost_uses_the_critic_by_default():
 
 def test_unknown_latent_kind_and_bad_critic_settings_name_the_key():
     with pytest.raises(ValueError, match=r"latent='pixels'.*tokens.*global"):
-        WorldModelConfig(latent="pixels")
+        LatentConfig(latent="pixels")
     with pytest.raises(ValueError, match=r"normalize_latents=false"):
-        WorldModelConfig(latent="global")
+        LatentConfig(latent="global")
     with pytest.raises(ValueError, match=r"critic.expectile=1.5"):
         CriticConfig(latent_dim=4, expectile=1.5)
     with pytest.raises(ValueError, match=r"critic.max_offset=0"):

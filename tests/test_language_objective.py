@@ -18,7 +18,8 @@ from jepa_world.language.objective import (
 from jepa_world.language.text_encoder import load_text_encoder
 from jepa_world.language.train import load_language_head, train_language
 from jepa_world.models.vit import build_encoder
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel
 from planners import make_planner
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +29,7 @@ FAST_PLANNER = ["planner.samples=24", "planner.elites=6", "planner.iterations=3"
 def make_world_model(latent_pool: int, seed: int = 0) -> WorldModel:
     torch.manual_seed(seed)
     encoder = build_encoder("micro", img_size=64, patch_size=8)
-    return WorldModel.create(encoder, action_dim=3, state_dim=9, config=WorldModelConfig(latent_pool=latent_pool),
+    return WorldModel.create(encoder, action_dim=3, state_dim=9, latent_config=LatentConfig(latent_pool=latent_pool),
                              depth=1, num_heads=3, dim=48).eval()
 
 

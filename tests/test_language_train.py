@@ -21,7 +21,7 @@ from jepa_world.language import train as train_module
 from jepa_world.language.data import encode_episodes, region_tour
 from jepa_world.language.retrieval import boundaries, selective_decode
 from jepa_world.language.text_encoder import load_text_encoder
-from jepa_world.language.train import build_frozen_world_model, load_language_head, train_language
+from jepa_world.language.train import build_frozen_latent_encoder, load_language_head, train_language
 from jepa_world.model_format import read_tensors
 from jepa_world.training.run import read_metrics, seed_everything
 
@@ -114,13 +114,13 @@ def test_selective_decoding_splits_a_region_tour_at_region_changes(trained):
     cfg, _, out = trained
     head, meta = load_language_head(out / "language_head")
     seed_everything(cfg.seed)  # rebuilds the identical random-init encoder the head was trained on
-    world_model = build_frozen_world_model(cfg)
+    latent_encoder = build_frozen_latent_encoder(cfg)
     tour_regions = [0, 4, 8, 2, 6]
     tour = region_tour("reach", tour_regions, steps_per_goal=20)
     text = load_text_encoder(meta.text_encoder)
     query = text.encode([C.query("arm")])
     with torch.no_grad():
-        latents = encode_episodes(world_model, tour.frames)[0]  # (T, N, D)
+        latents = encode_episodes(latent_encoder, tour.frames)[0]  # (T, N, D)
         stream = head(latents, meta.grid_hw, query)  # (T, E): one embedding per frame
     truth = C.region_index(tour.arm_uv[0])  # (T,)
     candidates = text.encode(C.candidate_captions("arm", "heldout"))  # (9, E)

@@ -17,7 +17,9 @@ from PIL import Image
 import envs
 from jepa_world import evaluation as ev
 from jepa_world.models.vit import build_encoder
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.dynamics import DynamicsConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parent.parent
 # threads=1: on a shared 2-core box a 2-thread torch pool mostly spins (measured ~10x slower per call).
@@ -35,7 +37,8 @@ def restore_torch_threads():
 def model_dir(tmp_path_factory):
     encoder = build_encoder("tiny", img_size=64, patch_size=8, embed_dim=32, depth=1, num_heads=2)
     wm = WorldModel.create(encoder, action_dim=3, state_dim=9,
-                           config=WorldModelConfig(latent_pool=2, integrated_state_dims=(0, 1, 2)),
+                           latent_config=LatentConfig(latent_pool=2),
+                           dynamics_config=DynamicsConfig(integrated_state_dims=(0, 1, 2)),
                            dim=32, depth=1, num_heads=2)
     return wm.save_pretrained(tmp_path_factory.mktemp("wm"))
 

@@ -21,7 +21,9 @@ from jepa_world.models.vit import build_encoder
 from jepa_world.model_format import module_tensors, read_tensors, save_checkpoint
 from jepa_world.training.posttrain import PosttrainConfig, load_encoder, run_posttrain
 from jepa_world.training.run import read_metrics
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.dynamics import DynamicsConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,13 +54,14 @@ def small_config(data: Path, out: Path, **overrides) -> PosttrainConfig:
 def make_world_model(seed: int = 0, img_size: int = 32, depth: int = 1) -> WorldModel:
     torch.manual_seed(seed)
     encoder = build_encoder("micro", img_size=img_size, patch_size=8, depth=depth)
-    return WorldModel.create(encoder, 3, 9, WorldModelConfig(latent_pool=2, integrated_state_dims=(0, 1, 2)), size="micro")
+    return WorldModel.create(encoder, 3, 9, LatentConfig(latent_pool=2), DynamicsConfig(integrated_state_dims=(0, 1, 2)),
+                             size="micro")
 
 
 def test_feature_cache_matches_fresh_encoding_and_dataset_windows(reach_data, tmp_path):
     wm = make_world_model()
-    cache = load_or_build_feature_cache(wm, reach_data, cache_root=tmp_path)
-    again = load_or_build_feature_cache(wm, reach_data, cache_root=tmp_path)  # second call reads, never re-encodes
+    cache = load_or_build_feature_cache(wm.latent_encoder, reach_data, cache_root=tmp_path)
+    again = load_or_build_feature_cache(wm.latent_encoder, reach_data, cache_root=tmp_path)  # second call reads, never re-encodes
     assert again.path == cache.path and len(list(tmp_path.iterdir())) == 1
     torch.testing.assert_close(again.latents, cache.latents, rtol=0, atol=0)
     dataset = TrajectoryDataset(reach_data, num_frames=3, frame_step=2, split="all")
@@ -73,12 +76,12 @@ def test_feature_cache_matches_fresh_encoding_and_dataset_windows(reach_data, tm
 
 
 def test_explicit_cache_from_another_encoder_is_an_error(reach_data, tmp_path):
-    load_or_build_feature_cache(make_world_model(seed=0), reach_data, cache_dir=tmp_path / "pinned")
+    load_or_build_feature_cache(make_world_model(seed=0).latent_encoder, reach_data, cache_dir=tmp_path / "pinned")
     with pytest.raises(FeatureCacheMismatchError, match="encoder_weights: cached [0-9a-f]+ vs now [0-9a-f]+"):
-        load_or_build_feature_cache(make_world_model(seed=1), reach_data, cache_dir=tmp_path / "pinned")
+        load_or_build_feature_cache(make_world_model(seed=1).latent_encoder, reach_data, cache_dir=tmp_path / "pinned")
     # the automatic location simply keys a new cache for the new encoder
-    first = load_or_build_feature_cache(make_world_model(seed=0), reach_data, cache_root=tmp_path / "auto")
-    second = load_or_build_feature_cache(make_world_model(seed=1), reach_data, cache_root=tmp_path / "auto")
+    first = load_or_build_feature_cache(make_world_model(seed=0).latent_encoder, reach_data, cache_root=tmp_path / "auto")
+    second = load_or_build_feature_cache(make_world_model(seed=1).latent_encoder, reach_data, cache_root=tmp_path / "auto")
     assert first.path != second.path and first.key != second.key
 
 
@@ -100,7 +103,7 @@ def test_posttrain_resumes_exactly_and_writes_a_world_model(reach_data, tmp_path
     assert {"val_l1_h1", "copy_last_l1_h1", "val_l1_h2"} <= set(records[-1])
     wm = WorldModel.from_pretrained(tmp_path / "straight" / "checkpoints" / "last")
     assert wm.predictor.config.action_dim == 3 and wm.predictor.config.state_dim == 9
-    assert len(wm.config.action_std) == 3 and min(wm.config.action_std) > 0  # standardisation stored
+    assert len(wm.dynamics.config.action_std) == 3 and min(wm.dynamics.config.action_std) > 0  # standardisation stored
     frames = torch.zeros(1, 3, 32, 32, dtype=torch.uint8)
     z0 = wm.encode(frames)
     with torch.no_grad():
@@ -238,9 +241,9 @@ def test_action_to_state_map_comes_from_the_dataset(reach_data, tmp_path):
     assert meta.features["observation.state"]["names"][:3] == ["ee_x", "ee_y", "ee_z"]
     base = dict(world_model={"latent_pool": 2})
     from_data, _, _ = _build_world_model(small_config(reach_data, tmp_path / "a", **base), seed=0)
-    assert from_data.config.integrated_state_dims == (0, 1, 2)
+    assert from_data.dynamics.action_state_map == (0, 1, 2)
     held, _, _ = _build_world_model(small_config(reach_data, tmp_path / "b", world_model={"latent_pool": 2,
                                                                                            "integrated_state_dims": []}), 0)
-    assert held.config.integrated_state_dims == ()
+    assert held.dynamics.action_state_map == ()
     no_states, _, _ = _build_world_model(small_config(reach_data, tmp_path / "c", state_tokens=False, **base), 0)
-    assert no_states.config.integrated_state_dims == ()
+    assert no_states.dynamics.action_state_map == ()

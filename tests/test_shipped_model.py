@@ -40,8 +40,8 @@ def test_shipped_model_loads_and_fits_the_size_budget():
     model = WorldModel.from_pretrained(SHIPPED).eval()
     # The default path is the world model's own: no state readout; a critic learned from time offsets;
     # observed proprio feeds the predictor, but no hand-written kinematics move it during a rollout.
-    assert model.state_readout is None and model.critic is not None and model.config.latent == "global"
-    assert model.predictor.config.state_dim == 9 and model.config.integrated_state_dims == ()
+    assert model.state_readout is None and model.critic is not None and model.latent_encoder.config.latent == "global"
+    assert model.predictor.config.state_dim == 9 and model.dynamics.action_state_map == ()
     z = model.encode(goal_images())  # (2, 1, 64)
     assert torch.isfinite(z).all()
     # Two different goal poses must be distinguishable in the latent and by the critic.

@@ -14,7 +14,8 @@ from jepa_world.models.state_readout import StateReadout, StateReadoutConfig
 from jepa_world.models.vit import build_encoder
 from jepa_world.training.posttrain import PosttrainConfig, run_posttrain
 from jepa_world.training.run import read_metrics
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel
 from planners import make_planner
 from planners.agent import MPCAgent
 from planners.objectives import DEFAULT_READOUT_WEIGHT, ObjectiveConfig, build_cost_fn
@@ -26,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def world_model(readout: bool = True, state_dim: int = 0, seed: int = 0) -> WorldModel:
     torch.manual_seed(seed)
     encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
-    return WorldModel.create(encoder, 3, state_dim, WorldModelConfig(latent_pool=2), img_size=32, size="micro",
+    return WorldModel.create(encoder, 3, state_dim, LatentConfig(latent_pool=2), img_size=32, size="micro",
                              state_readout={"state_dims": [0, 1, 2]} if readout else None).eval()
 
 
@@ -46,7 +47,7 @@ def test_config_and_shape_errors_name_the_bad_value():
         world_model(readout=False).decode_state(frames(1))
     with pytest.raises(ValueError, match=r"state readout reads \(4, 96\) latents but the encoder's 4x4 grid pooled by 1"):
         plain = world_model(readout=False)
-        WorldModel(plain.encoder, plain.predictor, None, StateReadout(StateReadoutConfig(frame_tokens=4, dim=96, state_dims=(0,))))
+        WorldModel(plain.latent_encoder, plain.dynamics, StateReadout(StateReadoutConfig(frame_tokens=4, dim=96, state_dims=(0,))))
 
 
 def test_readout_round_trips_with_the_world_model(tmp_path):
@@ -135,7 +136,7 @@ def test_posttrain_learns_a_readout_better_than_the_mean_and_resumes_exactly(rea
     # Held-out frames: the readout must beat always answering the training mean by a wide margin.
     wm = WorldModel.from_pretrained(tmp_path / "run" / "checkpoints" / "last")
     mean_ee = torch.tensor(wm.state_readout.config.mean)
-    cache = load_or_build_feature_cache(wm.readout_view(), reach_data, cache_root=tmp_path / "features")
+    cache = load_or_build_feature_cache(wm.readout_encoder(), reach_data, cache_root=tmp_path / "features")
     mean_error = (cache.states[:, :3] - mean_ee).norm(dim=-1).median().item()
     assert final["readout_err_median"] < 0.6 * mean_error, (final["readout_err_median"], mean_error)
 

@@ -7,7 +7,9 @@ from safetensors.torch import load_file, save_file
 
 from jepa_world.models.vit import build_encoder
 from jepa_world.model_format import CheckpointError
-from jepa_world.world_model import WorldModel, WorldModelConfig
+from jepa_world.dynamics import DynamicsConfig
+from jepa_world.latent_encoder import LatentConfig
+from jepa_world.world_model import WorldModel, split_world_model_config
 
 ACTION_DIM, STATE_DIM = 3, 5
 
@@ -16,8 +18,8 @@ def make_world_model(latent_pool: int = 2, state_dim: int = STATE_DIM, **config)
     torch.manual_seed(0)
     encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
     dims = (0, 1, 2) if state_dim else ()
-    wm_config = WorldModelConfig(latent_pool=latent_pool, integrated_state_dims=dims, **config)
-    return WorldModel.create(encoder, ACTION_DIM, state_dim, wm_config, dim=32, depth=2, num_heads=4).eval()
+    return WorldModel.create(encoder, ACTION_DIM, state_dim, LatentConfig(latent_pool=latent_pool, **config),
+                             DynamicsConfig(integrated_state_dims=dims), dim=32, depth=2, num_heads=4).eval()
 
 
 def frames(batch: int = 3, seed: int = 0) -> torch.Tensor:
@@ -30,7 +32,7 @@ def test_encode_layouts_agree_and_latents_are_layer_normed():
     z = wm.encode(x)
     assert z.shape == (3, 4, 96)  # 4x4 grid pooled by 2
     torch.testing.assert_close(wm.encode(x.permute(0, 2, 3, 1)), z)  # channel-last env pixels
-    normalised = (x.float() / 255 - wm.pixel_mean) / wm.pixel_std
+    normalised = (x.float() / 255 - wm.latent_encoder.pixel_mean) / wm.latent_encoder.pixel_std
     torch.testing.assert_close(wm.encode(normalised), z)
     torch.testing.assert_close(z.mean(-1), torch.zeros(3, 4), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(-1, unbiased=False), torch.ones(3, 4), atol=1e-3, rtol=0)
@@ -38,8 +40,8 @@ def test_encode_layouts_agree_and_latents_are_layer_normed():
 
 
 def test_latent_pool_averages_the_token_grid():
-    pooled, full = make_world_model(latent_pool=2), make_world_model(latent_pool=1)
-    full.config.normalize_latents = pooled.config.normalize_latents = False
+    pooled = make_world_model(latent_pool=2, normalize_latents=False)
+    full = make_world_model(latent_pool=1, normalize_latents=False)
     x = frames(1)
     tokens = full.encode(x).reshape(1, 4, 4, 96)
     expected = tokens.reshape(1, 2, 2, 2, 2, 96).mean(dim=(2, 4)).reshape(1, 4, 96)
@@ -64,7 +66,7 @@ def test_cached_rollout_equals_naive_recomputation(context):
     naive = wm.rollout(z0, state0, actions, context_actions=past, use_kv_cache=False)
     assert cached.shape == (samples, horizon, 4, 96)
     torch.testing.assert_close(cached, naive, rtol=0, atol=1e-5)
-    wm.config.rollout_chunk = 4  # uneven chunks must not change results
+    wm.dynamics.config.rollout_chunk = 4  # uneven chunks must not change results
     torch.testing.assert_close(wm.rollout(z0, state0, actions, context_actions=past), cached, rtol=0, atol=1e-5)
 
 
@@ -85,7 +87,7 @@ def test_state_rule_integrates_displacements_into_chosen_dims():
     actions = torch.tensor([[1.0, 2.0, 3.0], [-1.0, 0.5, 0.0]])
     moved = wm.next_states(states, actions)
     torch.testing.assert_close(moved, torch.tensor([[1.0, 2.0, 3.0, 0, 0], [-1.0, 0.5, 0.0, 0, 0]]))
-    wm.config.state_update = "hold"
+    wm.dynamics.config.state_update = "hold"
     assert torch.equal(wm.next_states(states, actions), states)
     with pytest.raises(ValueError, match="integrated_state_dims"):
         make_world_model(state_dim=2)  # dims (0, 1, 2) do not fit a 2-d state
@@ -109,7 +111,8 @@ def test_save_and_load_round_trip(tmp_path):
             p.add_(0.01 * torch.randn_like(p))
     wm.save_pretrained(tmp_path / "wm")
     loaded = WorldModel.from_pretrained(tmp_path / "wm")
-    assert loaded.config == wm.config and loaded.predictor.config == wm.predictor.config
+    assert loaded.latent_encoder.config == wm.latent_encoder.config and loaded.dynamics.config == wm.dynamics.config
+    assert loaded.predictor.config == wm.predictor.config
     x, actions, state0 = frames(2), torch.randn(3, 2, ACTION_DIM), torch.randn(1, STATE_DIM)
     torch.testing.assert_close(loaded.encode(x), wm.encode(x), rtol=0, atol=0)
     z0 = wm.encode(x[:1])
@@ -172,3 +175,45 @@ def test_from_pretrained_refuses_non_finite_weights_naming_the_key(tmp_path, bad
     save_file(tensors, str(directory / "model.safetensors"))
     with pytest.raises(CheckpointError, match=rf"model.safetensors: non-finite values .*'{key}'"):
         WorldModel.from_pretrained(directory)
+
+
+def test_world_model_is_a_latent_encoder_and_a_dynamics_composed():
+    wm = make_world_model()
+    x, actions, state0 = frames(2), torch.randn(4, 2, ACTION_DIM), torch.randn(1, STATE_DIM)
+    z = wm.latent_encoder.encode(x)
+    torch.testing.assert_close(wm.encode(x), z, rtol=0, atol=0)
+    with torch.no_grad():
+        torch.testing.assert_close(wm.rollout(z[:1], state0, actions), wm.dynamics.rollout(z[:1], state0, actions),
+                                   rtol=0, atol=0)
+    assert wm.dynamics.action_state_map == (0, 1, 2)
+    assert list(wm.trained_modules()) == ["encoder", "predictor"]  # the file's key prefixes are unchanged
+
+
+def test_frozen_latent_encoder_never_trains_and_a_trainable_one_does():
+    frozen = make_world_model()
+    frozen.train()
+    assert not frozen.latent_encoder.training and frozen.dynamics.training
+    assert not any(p.requires_grad for p in frozen.latent_encoder.parameters())
+    torch.manual_seed(0)
+    encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
+    config = LatentConfig(latent="global", normalize_latents=False, latent_dim=16, projector_hidden=32, trainable_encoder=True)
+    trainable = WorldModel.create(encoder, ACTION_DIM, 0, config, size="micro").train()
+    assert trainable.latent_encoder.training and all(p.requires_grad for p in trainable.latent_encoder.parameters())
+    trainable.embed(frames(2)).sum().backward()
+    assert trainable.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+def test_token_grid_view_shares_the_vit_and_is_keyed_apart():
+    wm = make_world_model(latent_pool=2)
+    view = wm.latent_encoder.token_grid(1)
+    assert view.encoder is wm.encoder
+    assert view.encode(frames(1)).shape == (1, 16, 96)
+    assert view.cache_components()["latents"] != wm.latent_encoder.cache_components()["latents"]
+    assert view.cache_components()["encoder_weights"] == wm.latent_encoder.cache_components()["encoder_weights"]
+
+
+def test_world_model_config_section_names_unknown_keys_and_both_halves():
+    with pytest.raises(ValueError, match=r"unknown world_model key\(s\) \['laten_pool'\].*latent encoder.*dynamics"):
+        split_world_model_config({"laten_pool": 2})
+    latent, dynamics = split_world_model_config({"latent_pool": 2, "state_update": "hold"})
+    assert latent.latent_pool == 2 and dynamics.state_update == "hold"

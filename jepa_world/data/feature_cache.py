@@ -23,7 +23,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from jepa_world.data.trajectory import ACTION_MERGES, TrajectoryDataset
+from jepa_world.latent_encoder import LatentEncoder
 from jepa_world.model_format import write_directory
 
 log = logging.getLogger(__name__)
@@ -45,17 +46,6 @@ CACHE_META_FILE = "cache.json"
 
 class FeatureCacheMismatchError(ValueError):
     """An explicit feature cache was computed with another encoder, dataset or preprocessing."""
-
-
-def hash_module_weights(module: torch.nn.Module) -> str:
-    """sha256 over every state-dict tensor (name, dtype, shape, bytes), in key order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
-        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        # reshape(-1): 0-dim tensors (BatchNorm's num_batches_tracked) cannot be viewed as bytes
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
 
 
 def hash_dataset(dataset: TrajectoryDataset) -> str:
@@ -119,21 +109,10 @@ class FeatureCache:
         return {name: getattr(self, name).contiguous() for name in names}
 
 
-def cache_components(world_model, dataset: TrajectoryDataset, frame_hw: tuple[int, int]) -> dict[str, Any]:
+def cache_components(latent_encoder: LatentEncoder, dataset: TrajectoryDataset, frame_hw: tuple[int, int]) -> dict[str, Any]:
     """Everything the cached features depend on; the key is a hash of this."""
-    latent_keys = ("latent", "latent_dim", "projector_hidden", "latent_pool", "normalize_latents", "pixel_mean", "pixel_std")
-    components = {
-        "encoder_weights": hash_module_weights(world_model.encoder),
-        "encoder_config": world_model.encoder.cfg.to_dict(),
-        "dataset": hash_dataset(dataset),
-        "camera": dataset.video_key,
-        "frame_hw": list(frame_hw),
-        "latents": {k: v for k, v in asdict(world_model.config).items() if k in latent_keys},
-    }
-    projector = getattr(world_model, "projector", None)
-    if projector is not None:  # global latents also depend on the projector's weights
-        components["projector_weights"] = hash_module_weights(projector)
-    return components
+    return {**latent_encoder.cache_components(), "dataset": hash_dataset(dataset), "camera": dataset.video_key,
+            "frame_hw": list(frame_hw)}
 
 
 def key_of(components: dict[str, Any]) -> str:
@@ -175,10 +154,9 @@ def _write_cache(path: Path, key: str, components: dict[str, Any], tensors: dict
 
 
 @torch.no_grad()
-def encode_dataset(world_model, dataset: TrajectoryDataset, batch_size: int = 64) -> dict[str, Tensor]:
+def encode_dataset(latent_encoder: LatentEncoder, dataset: TrajectoryDataset, batch_size: int = 64) -> dict[str, Tensor]:
     """Encode every frame of every episode -> the tensors stored in ``features.safetensors``."""
-    device = next(world_model.encoder.parameters()).device
-    return read_dataset(dataset, lambda frames: world_model.encode(frames.to(device)).cpu(), batch_size, "encoding frames")
+    return read_dataset(dataset, lambda frames: latent_encoder.encode(frames).cpu(), batch_size, "encoding frames")
 
 
 def load_frames(data_root: str | os.PathLike, camera: str | None = None) -> FeatureCache:
@@ -216,14 +194,14 @@ def read_dataset(dataset: TrajectoryDataset, transform, batch_size: int, desc: s
 
 
 def load_or_build_feature_cache(
-    world_model,
+    latent_encoder: LatentEncoder,
     data_root: str | os.PathLike,
     cache_dir: str | os.PathLike | None = None,
     cache_root: str | os.PathLike | None = None,
     camera: str | None = None,
     batch_size: int = 64,
 ) -> FeatureCache:
-    """Features of every episode in ``data_root`` under ``world_model``'s frozen encoder.
+    """Features of every episode in ``data_root`` under the frozen ``latent_encoder``.
 
     ``cache_dir`` pins the cache location: an existing cache there must match (else
     ``FeatureCacheMismatchError``). Otherwise the cache lives at ``cache_root/<key>``
@@ -232,7 +210,7 @@ def load_or_build_feature_cache(
     dataset = TrajectoryDataset(data_root, num_frames=2, split="all", camera=camera)
     check_finite(dataset)
     probe = dataset.read_frames(0, np.arange(1))  # (1, H, W, 3)
-    components = cache_components(world_model, dataset, probe.shape[1:3])
+    components = cache_components(latent_encoder, dataset, probe.shape[1:3])
     key = key_of(components)
     if cache_dir is not None:
         path = Path(cache_dir)
@@ -249,7 +227,7 @@ def load_or_build_feature_cache(
         path = path / key
     if not path.exists():
         log.info("no cached features for key %s: encoding %d episodes of %s into %s", key, len(dataset.episodes), data_root, path)
-        _write_cache(path, key, components, encode_dataset(world_model, dataset, batch_size))
+        _write_cache(path, key, components, encode_dataset(latent_encoder, dataset, batch_size))
     else:
         log.info("using cached features %s (key %s)", path, key)
     return FeatureCache(path=path, key=key, **_read_cache_tensors(path))

@@ -192,11 +192,11 @@ def region_tour(
 
 
 @torch.no_grad()
-def encode_episodes(world_model, frames: Tensor, batch_size: int = 64) -> Tensor:
-    """(E, T, H, W, 3) uint8 -> (E, T, N, D) frozen world-model latents, encoded once in batches."""
+def encode_episodes(latent_encoder, frames: Tensor, batch_size: int = 64) -> Tensor:
+    """(E, T, H, W, 3) uint8 -> (E, T, N, D) frozen latents (``latent_encoder.encode``), encoded once in batches."""
     flat = frames.flatten(0, 1)  # (E*T, H, W, 3)
     chunks = [
-        world_model.encode(flat[i : i + batch_size])
+        latent_encoder.encode(flat[i : i + batch_size])
         for i in tqdm(range(0, len(flat), batch_size), desc="encoding frames", leave=False)
     ]
     return torch.cat(chunks).unflatten(0, frames.shape[:2]).cpu()  # (E, T, N, D)

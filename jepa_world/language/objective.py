@@ -157,7 +157,7 @@ class LanguageGoalAgent(MPCAgent):
 def check_head_matches(head: LanguageHead, meta: HeadMeta, world_model) -> None:
     """A head is only meaningful on the latent space it was trained on."""
     grid = tuple(world_model.predictor.config.grid_hw)
-    dim = world_model.encoder.embed_dim
+    dim = world_model.latent_dim
     if tuple(meta.grid_hw) != grid or head.config.latent_dim != dim:
         raise ValueError(
             f"the language head was trained on latents with grid {tuple(meta.grid_hw)} and dim {head.config.latent_dim} "

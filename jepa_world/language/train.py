@@ -1,7 +1,7 @@
 """Training loop of the language head, behind ``scripts/train_language.py``.
 
-The visual side is a frozen world model: either a saved ``WorldModel`` (``world_model=dir``,
-the latents the planner predicts) or a fresh one around an encoder built from
+The visual side is a frozen latent encoder: a saved ``WorldModel``'s (``world_model=dir``,
+the latents the planner predicts) or one around an encoder built from
 ``encoder`` (optionally loading a pretraining checkpoint's ``target_encoder``; with no
 checkpoint it is the random-init baseline). Episodes are rolled out in MuJoCo, every
 frame is encoded once, and each step trains the head on cached latents.
@@ -41,6 +41,7 @@ from jepa_world.language.head import (
 )
 from jepa_world.language.retrieval import retrieval_metrics
 from jepa_world.language.text_encoder import TextEncoder, load_text_encoder
+from jepa_world.latent_encoder import LatentConfig, LatentEncoder
 from jepa_world.model_format import CONFIG_FILE, load_modules, module_tensors, read_config, save_checkpoint
 from jepa_world.training.checkpoint import resume_from
 from jepa_world.training.curves import refresh_run_curves
@@ -87,13 +88,13 @@ class HeadMeta:
     world_model: str | None
 
 
-def build_frozen_world_model(cfg: DictConfig):
-    """The frozen visual side: a saved WorldModel, or an encoder wrapped in a fresh one."""
+def build_frozen_latent_encoder(cfg: DictConfig) -> LatentEncoder:
+    """The frozen visual side: a saved WorldModel's latent encoder, or a ViT's pooled token grid."""
     from jepa_world.models.vit import build_encoder
-    from jepa_world.world_model import WorldModel, WorldModelConfig
+    from jepa_world.world_model import WorldModel
 
     if cfg.world_model:
-        return WorldModel.from_pretrained(cfg.world_model)
+        return WorldModel.from_pretrained(cfg.world_model).latent_encoder
     enc_cfg = cfg.encoder
     encoder = build_encoder(enc_cfg.size, img_size=enc_cfg.img_size, patch_size=enc_cfg.patch_size)
     if enc_cfg.checkpoint:
@@ -101,9 +102,7 @@ def build_frozen_world_model(cfg: DictConfig):
         log.info("loaded %s from %s", enc_cfg.checkpoint_prefix, enc_cfg.checkpoint)
     else:
         log.warning("no world_model or encoder.checkpoint given: using a RANDOM-INIT encoder (baseline)")
-    config = WorldModelConfig(latent_pool=enc_cfg.latent_pool)
-    # Only encode() is used here; WorldModel needs some predictor, so a 1-block one is built and never called.
-    return WorldModel.create(encoder, action_dim=3, config=config, depth=1, num_heads=3, dim=48).eval()
+    return LatentEncoder(encoder, LatentConfig(latent_pool=enc_cfg.latent_pool))
 
 
 def caption_table(text: TextEncoder, kind: str, split: str) -> Tensor:
@@ -132,13 +131,13 @@ def _validate(cfg: DictConfig) -> None:
 class LatentBank:
     """Cached latents of rolled-out episodes and their samples per (kind, position split)."""
 
-    def __init__(self, world_model, cfg: DictConfig, seed: int, num_episodes: int):
+    def __init__(self, latent_encoder: LatentEncoder, cfg: DictConfig, seed: int, num_episodes: int):
         d = cfg.data
-        image_size = world_model.encoder.cfg.img_size
+        image_size = latent_encoder.encoder.cfg.img_size
         episodes = rollout_episodes(cfg.env, num_episodes, d.steps, image_size, seed, d.goal_every)
         self.arm_uv = episodes.arm_uv  # (E, T, 2)
         self.positions = episodes.states[..., EE_STATE_SLICE]  # (E, T, 3) proprio end effector
-        self.latents = encode_episodes(world_model, episodes.frames)  # (E, T, N, D)
+        self.latents = encode_episodes(latent_encoder, episodes.frames)  # (E, T, N, D)
         self.clip_frames = d.clip_frames
 
     def samples(self, kind: str, split: str) -> tuple[Tensor, Tensor, Tensor]:
@@ -214,11 +213,12 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)
 
     seed_everything(cfg.seed)  # same on every rank and on resume: a random-init encoder is rebuilt identically
-    world_model = build_frozen_world_model(cfg).to(info.device)
+    latent_encoder = build_frozen_latent_encoder(cfg).to(info.device)
     seed_everything(cfg.seed + info.rank)
-    grid_hw = tuple(world_model.predictor.config.grid_hw)
+    side = latent_encoder.grid(latent_encoder.encoder.cfg.img_size)[1]
+    grid_hw = (side, side)
     text = load_text_encoder(cfg.text_encoder)
-    bank = LatentBank(world_model, cfg, cfg.data.seed, cfg.data.train_episodes)
+    bank = LatentBank(latent_encoder, cfg, cfg.data.seed, cfg.data.train_episodes)
     train_samples = {kind: bank.samples(kind, "train") for kind in cfg.kinds}
     captions = {kind: caption_table(text, kind, "train") for kind in cfg.kinds}  # (L, V, Dt)
     queries = {kind: query_table(text, kind) for kind in cfg.kinds}
@@ -297,7 +297,7 @@ def train_language(cfg: DictConfig) -> dict[str, float]:
         memory = build_goal_memory(head, bank, text, grid_hw, cfg.use_query)
         log.info("goal memory: %d training frames -> %s", len(memory), memory.save(out / HEAD_DIR))
         del bank
-        eval_bank = LatentBank(world_model, cfg, cfg.data.eval_seed, cfg.data.eval_episodes)
+        eval_bank = LatentBank(latent_encoder, cfg, cfg.data.eval_seed, cfg.data.eval_episodes)
         for template_split, position_split in (("heldout", "heldout"), ("train", "train")):
             scores = evaluate_retrieval(head, eval_bank, text, grid_hw, cfg.kinds, cfg.use_query, template_split, position_split)
             results.update({f"{template_split}_templates/{position_split}_positions/{k}": v for k, v in scores.items()})

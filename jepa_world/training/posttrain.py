@@ -80,7 +80,7 @@ from jepa_world.training.run import (
     seed_everything,
     setup_logging,
 )
-from jepa_world.world_model import WorldModel, WorldModelConfig, describe
+from jepa_world.world_model import WorldModel, describe, split_world_model_config
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ class PosttrainConfig:
     batch_size: int = 32  # per rank
     rollout_steps: int = 2
     predictor: dict[str, Any] = field(default_factory=lambda: {"size": "tiny"})  # ACPredictorConfig fields
-    world_model: dict[str, Any] = field(default_factory=dict)  # WorldModelConfig fields
+    world_model: dict[str, Any] = field(default_factory=dict)  # LatentConfig and DynamicsConfig fields, flat
     optim: dict[str, Any] = field(default_factory=dict)  # OptimConfig fields
     log_every: int = 20
     eval_every: int = 500
@@ -165,6 +165,8 @@ class PosttrainConfig:
         if self.mode == "end_to_end" and self.state_readout.get("state_dims"):
             raise ValueError("posttrain state_readout is a frozen-encoder baseline (it reads cached encoder features); "
                              "it is not available with mode=end_to_end")
+        world_model = {k: v for k, v in dict(self.world_model).items() if k not in ("trainable_encoder", "integrated_state_dims")}
+        split_world_model_config(world_model, "posttrain world_model")  # unknown or invalid keys fail before any data is read
         if self.critic is not None and not isinstance(self.critic, dict):
             raise ValueError(f"posttrain critic={self.critic!r}: expected a dict of CriticConfig fields or null")
         if not 0.0 <= self.ema_momentum < 1.0:
@@ -263,8 +265,9 @@ def load_projector(spec: str, world_model: WorldModel) -> bool:
         return False
     directory = Path(spec)
     saved = read_config(directory).get("world_model", {})
-    same_shape = (saved.get("latent") == "global" and saved.get("latent_dim") == world_model.config.latent_dim
-                  and saved.get("projector_hidden") == world_model.config.projector_hidden)
+    latent = world_model.latent_encoder.config
+    same_shape = (saved.get("latent") == "global" and saved.get("latent_dim") == latent.latent_dim
+                  and saved.get("projector_hidden") == latent.projector_hidden)
     if not same_shape:  # a pretraining checkpoint, a token-latent model or another width: no weights read
         log.info("%s has no projector of this shape: the projector starts from random init", directory)
         return False
@@ -322,7 +325,7 @@ class PosttrainObjective(nn.Module):
 
     @property
     def end_to_end(self) -> bool:
-        return self.world_model.config.trainable_encoder
+        return self.world_model.latent_encoder.config.trainable_encoder
 
     def latents_of(self, x: Tensor) -> Tensor:
         """(B, T, ...) store rows -> (B, T, N, D) latents (embedded with gradients in end-to-end mode)."""
@@ -581,9 +584,9 @@ def _build_world_model(cfg: PosttrainConfig, seed: int) -> tuple[WorldModel, int
                      "integrated_state_dims to integrate displacement actions)", cfg.data)
         wm_fields["integrated_state_dims"] = recorded or ()
     wm_fields["trainable_encoder"] = cfg.mode == "end_to_end"
-    wm_config = WorldModelConfig(**wm_fields)
+    latent_config, dynamics_config = split_world_model_config(wm_fields, "posttrain world_model")
     torch.manual_seed(seed)
-    world_model = WorldModel.create(encoder, action_dim, predictor_state_dim, wm_config, img_size=img_size,
+    world_model = WorldModel.create(encoder, action_dim, predictor_state_dim, latent_config, dynamics_config, img_size=img_size,
                                     state_readout=dict(cfg.state_readout) if cfg.state_readout.get("state_dims") else None,
                                     critic=None if cfg.critic is None else dict(cfg.critic), **cfg.predictor)
     load_projector(cfg.encoder, world_model)
@@ -598,10 +601,10 @@ def _load_store(cfg: PosttrainConfig, world_model: WorldModel, info) -> FeatureC
     cache_args = dict(cache_dir=cfg.feature_cache, cache_root=cfg.feature_cache_root, camera=cfg.camera,
                       batch_size=cfg.encode_batch_size)
     if info.is_main:
-        cache = load_or_build_feature_cache(world_model, cfg.data, **cache_args)
+        cache = load_or_build_feature_cache(world_model.latent_encoder, cfg.data, **cache_args)
     barrier(info)
     if not info.is_main:
-        cache = load_or_build_feature_cache(world_model, cfg.data, **cache_args)
+        cache = load_or_build_feature_cache(world_model.latent_encoder, cfg.data, **cache_args)
     return cache
 
 
@@ -630,10 +633,10 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         readout_args = dict(cache_dir=None, cache_root=cfg.feature_cache_root, camera=cfg.camera,
                             batch_size=cfg.encode_batch_size)
         if info.is_main:
-            readout_cache = load_or_build_feature_cache(world_model.readout_view(), cfg.data, **readout_args)
+            readout_cache = load_or_build_feature_cache(world_model.readout_encoder(), cfg.data, **readout_args)
         barrier(info)
         if not info.is_main:
-            readout_cache = load_or_build_feature_cache(world_model.readout_view(), cfg.data, **readout_args)
+            readout_cache = load_or_build_feature_cache(world_model.readout_encoder(), cfg.data, **readout_args)
     episodes = [int(e) for e in store.episode_index.tolist()]
     train_eps = split_episodes(episodes, "train", cfg.val_fraction, cfg.split_seed)
     val_eps = split_episodes(episodes, "val", cfg.val_fraction, cfg.split_seed) if cfg.val_fraction > 0 else []
@@ -645,7 +648,7 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         critic.requires_grad_(False)
 
     statistics = input_statistics(store, train_eps)
-    world_model.set_input_statistics(*statistics)
+    world_model.dynamics.set_input_statistics(*statistics)
     predictor, readout = world_model.predictor, world_model.state_readout
     if readout is not None:
         dims = list(readout.config.state_dims)
@@ -657,14 +660,13 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     sigreg = SIGReg(sigreg_cfg).to(info.device) if sigreg_cfg.enabled else None
     target_model, ema = None, None
     if cfg.target == "ema":
-        target_model = make_target(world_model)
-        ema = EMA(world_model, target_model, MomentumSchedule(start=cfg.ema_momentum, end=cfg.ema_momentum))
+        target_model = make_target(world_model.latent_encoder)
+        ema = EMA(world_model.latent_encoder, target_model, MomentumSchedule(start=cfg.ema_momentum, end=cfg.ema_momentum))
     objective = PosttrainObjective(world_model, cfg.rollout_steps, cfg.loss, sigreg, target_model)
     optim_cfg = OptimConfig(**{"schedule": "wsd", "lr": 4.25e-4, "warmup_steps": min(100, cfg.max_steps // 10),
                                "grad_clip": 1.0, **cfg.optim})
     trained = {name: m for name, m in world_model.trained_modules().items() if end_to_end or name != "encoder"}
-    lr_scales = {"world_model.state_readout.": cfg.readout_lr_scale,
-                 "world_model.encoder.": cfg.encoder_lr_scale, "world_model.projector.": cfg.encoder_lr_scale}
+    lr_scales = {"world_model.state_readout.": cfg.readout_lr_scale, "world_model.latent_encoder.": cfg.encoder_lr_scale}
     optimizer = build_optimizer(objective, optim_cfg, lr_scales)
     readout_rows = episode_rows(readout_cache, train_eps) if readout is not None else None
     readout_val_rows = episode_rows(readout_cache, val_eps) if readout is not None and val_eps else None

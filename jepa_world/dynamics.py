@@ -1,0 +1,233 @@
+"""The dynamics: an action-conditioned predictor over latents, with its input statistics, the
+robot's action-to-state map and the KV-cached rollout the planner and the training loss share.
+
+    dynamics = Dynamics(ACPredictor(cfg), DynamicsConfig(integrated_state_dims=(0, 1, 2)))
+    z_next = dynamics.predict(z_hist, actions, states)   # teacher-forced, step t predicts t+1
+    z_future = dynamics.rollout(z0, state0, actions)     # (S, H, N, D), KV-cached
+
+Inputs. Callers pass actions and states in raw env units; they are standardised, (x - mean) / std
+per dim, with statistics set by post-training from the training split, so that 5 cm displacements
+and joint angles reach the predictor at unit scale. Empty statistics mean identity.
+
+States during rollout. The robot state is not observed in imagination, so it is advanced by a rule:
+``state_update="integrate"`` adds action dim i to state dim ``integrated_state_dims[i]`` (the
+action-to-state map: displacement actions moving the end-effector part of the state, as in
+V-JEPA 2-AC; collect.py records it in the dataset's meta/info.json), and ``"hold"`` keeps the
+initial state. Predictors with ``state_dim == 0`` need no states at all.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
+
+STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
+
+
+@dataclass
+class DynamicsConfig:
+    state_update: str = "integrate"
+    integrated_state_dims: tuple[int, ...] = ()  # state dim moved by action dim i; () -> state held
+    rollout_chunk: int = 0  # run rollout samples in chunks of this size (0: all at once)
+    action_mean: tuple[float, ...] = ()
+    action_std: tuple[float, ...] = ()
+    state_mean: tuple[float, ...] = ()
+    state_std: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.integrated_state_dims = tuple(int(v) for v in self.integrated_state_dims)
+        for name in ("action_mean", "action_std", "state_mean", "state_std"):
+            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
+        for kind in ("action", "state"):
+            mean, std = getattr(self, f"{kind}_mean"), getattr(self, f"{kind}_std")
+            if len(mean) != len(std) or (std and min(std) <= 0):
+                raise ValueError(f"world_model.{kind}_mean/{kind}_std must have equal lengths and std > 0, "
+                                 f"got {mean}/{std}")
+        if self.state_update not in STATE_UPDATES:
+            raise ValueError(f"world_model.state_update={self.state_update!r}; expected one of {STATE_UPDATES}")
+        if self.rollout_chunk < 0:
+            raise ValueError(f"world_model.rollout_chunk must be >= 0, got {self.rollout_chunk}")
+
+
+class Dynamics(nn.Module):
+    """Predictor + input statistics + state rule + rollout. ``normalize_outputs``: the latent space's
+    layer norm, applied to every prediction so that predicted and encoded latents share one space."""
+
+    def __init__(self, predictor: ACPredictor, config: DynamicsConfig | None = None, normalize_outputs: bool = True):
+        super().__init__()
+        self.predictor = predictor
+        self.config = config or DynamicsConfig()
+        self.normalize_outputs = normalize_outputs
+        c, pc = self.config, predictor.config
+        if c.integrated_state_dims and c.state_update == "integrate":
+            if len(c.integrated_state_dims) > pc.action_dim:
+                raise ValueError(
+                    f"integrated_state_dims {c.integrated_state_dims} lists more dims than action_dim={pc.action_dim}"
+                )
+            if pc.state_dim == 0 or max(c.integrated_state_dims) >= pc.state_dim or min(c.integrated_state_dims) < 0:
+                raise ValueError(
+                    f"integrated_state_dims {c.integrated_state_dims} must index a state of dim {pc.state_dim}"
+                )
+        for kind, dim in (("action", pc.action_dim), ("state", pc.state_dim)):
+            mean, std = getattr(c, f"{kind}_mean"), getattr(c, f"{kind}_std")
+            if mean and len(mean) != dim:
+                raise ValueError(f"{kind}_mean/{kind}_std have {len(mean)} values but the predictor's {kind}_dim is {dim}")
+            self.register_buffer(f"{kind}_mean", torch.tensor(mean or [0.0] * dim), persistent=False)
+            self.register_buffer(f"{kind}_std", torch.tensor(std or [1.0] * dim), persistent=False)
+
+    @property
+    def action_state_map(self) -> tuple[int, ...]:
+        """State dim each action dim integrates into during rollout (() when states are held)."""
+        return () if self.config.state_update == "hold" else self.config.integrated_state_dims
+
+    def set_input_statistics(self, action_mean: Tensor, action_std: Tensor, state_mean: Tensor | None = None,
+                             state_std: Tensor | None = None) -> None:
+        """Record dataset statistics used to standardise predictor inputs (kept in config.json)."""
+        updates = {"action_mean": action_mean, "action_std": action_std}
+        if self.predictor.config.state_dim:
+            updates.update(state_mean=state_mean, state_std=state_std)
+        for name, value in updates.items():
+            buffer = getattr(self, name)
+            if value is None or value.shape != buffer.shape:
+                raise ValueError(f"{name} must have shape {tuple(buffer.shape)}, got {None if value is None else tuple(value.shape)}")
+            buffer.copy_(value)
+            setattr(self.config, name, tuple(float(v) for v in value.tolist()))
+
+    def standardize(self, actions: Tensor, states: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Raw env-unit actions/states -> the predictor's standardised inputs."""
+        actions = (actions - self.action_mean) / self.action_std
+        if states is not None and self.predictor.config.state_dim:
+            states = (states - self.state_mean) / self.state_std
+        return actions, states
+
+    def _finish(self, z: Tensor) -> Tensor:
+        return layer_norm_tokens(z) if self.normalize_outputs else z
+
+    def predict(self, z_hist: Tensor, actions: Tensor, states: Tensor | None = None) -> Tensor:
+        """Teacher-forced: (B,T,N,D), (B,T,A), (B,T,S) raw units -> (B,T,N,D); output t predicts frame t+1."""
+        return self._finish(self.predictor(z_hist, *self.standardize(actions, states)))
+
+    def next_states(self, states: Tensor, actions: Tensor) -> Tensor:
+        """Advance (..., S) states by (..., A) actions with the configured rule (vectorised)."""
+        dims = self.action_state_map
+        if not dims:
+            return states
+        index = torch.tensor(dims, device=states.device)
+        return states.index_add(-1, index, actions[..., : len(dims)].to(states.dtype))
+
+    def _check_rollout(self, z0: Tensor, state0: Tensor | None, actions: Tensor, context_actions: Tensor | None):
+        pc = self.predictor.config
+        if z0.dim() == 3:
+            z0 = z0.unsqueeze(1)
+        if z0.dim() != 4:
+            raise ValueError(f"z0 must be (S,N,D) or (S,T0,N,D), got {tuple(z0.shape)}")
+        if actions.dim() != 3 or actions.shape[-1] != pc.action_dim:
+            raise ValueError(f"actions must be (S, H, action_dim={pc.action_dim}), got {tuple(actions.shape)}")
+        samples, context = actions.shape[0], z0.shape[1]
+        if z0.shape[0] not in (1, samples):
+            raise ValueError(f"z0 batch {z0.shape[0]} must be 1 or the number of action samples {samples}")
+        if pc.state_dim:
+            if state0 is None:
+                raise ValueError(f"this world model uses states (state_dim={pc.state_dim}); pass state0")
+            if state0.dim() == 2:
+                state0 = state0.unsqueeze(1)
+            if state0.dim() != 3 or state0.shape[1] != context or state0.shape[0] not in (1, samples):
+                raise ValueError(
+                    f"state0 must be (S, {pc.state_dim}) or (S, T0={context}, {pc.state_dim}), got {tuple(state0.shape)}"
+                )
+        if context > 1:
+            expected = (context - 1, pc.action_dim)
+            if context_actions is None or context_actions.dim() != 3 or context_actions.shape[1:] != expected:
+                got = None if context_actions is None else tuple(context_actions.shape)
+                raise ValueError(
+                    f"a {context}-frame context needs context_actions (S or 1, {expected[0]}, {expected[1]}), got {got}"
+                )
+            if context_actions.shape[0] not in (1, samples):
+                raise ValueError(f"context_actions batch {context_actions.shape[0]} must be 1 or {samples}")
+        return z0, state0
+
+    def rollout(
+        self,
+        z0: Tensor,
+        state0: Tensor | None,
+        actions: Tensor,
+        context_actions: Tensor | None = None,
+        use_kv_cache: bool = True,
+    ) -> Tensor:
+        """Imagine H steps for S action sequences: -> (S, H, N, D) predicted latents of frames 1..H.
+
+        z0 (S or 1, N, D) or (S or 1, T0, N, D) context latents; state0 (S or 1, Ds) or
+        (S or 1, T0, Ds) (None when state_dim == 0); actions (S, H, A); context_actions
+        (S or 1, T0-1, A), the actions taken between context frames. With the KV cache, the
+        context's earlier steps are run once (at batch 1 when shared) and each horizon step only
+        runs its own tokens; ``use_kv_cache=False`` re-runs the whole history every step (the
+        path the training loss differentiates through; tests hold the two equal).
+        """
+        z0, state0 = self._check_rollout(z0, state0, actions, context_actions)
+        chunk = self.config.rollout_chunk
+        samples = actions.shape[0]
+        if chunk and samples > chunk:
+            pieces = []
+            for start in range(0, samples, chunk):
+                part = slice(start, start + chunk)
+                pieces.append(
+                    self._rollout(
+                        _rows(z0, part), _rows(state0, part), actions[part], _rows(context_actions, part), use_kv_cache
+                    )
+                )
+            return torch.cat(pieces)
+        return self._rollout(z0, state0, actions, context_actions, use_kv_cache)
+
+    def _rollout(self, z0, state0, actions, context_actions, use_kv_cache: bool) -> Tensor:
+        if not use_kv_cache:
+            return self._rollout_naive(z0, state0, actions, context_actions)
+        samples, horizon = actions.shape[:2]
+        context = z0.shape[1]
+        # Context steps before the last one have known actions: run them once, at batch 1 if shared.
+        shared = all(x is None or x.shape[0] == 1 for x in (z0, state0, context_actions))
+        cache_batch = 1 if shared and context > 1 else samples
+        cache = self.predictor.new_cache(cache_batch, context + horizon - 1, z0)
+        if context > 1:
+            prefix_states = None if state0 is None else state0[:, :-1].expand(cache_batch, -1, -1)
+            prefix_z = z0[:, :-1].expand(cache_batch, -1, -1, -1)
+            prefix = self.standardize(context_actions.expand(cache_batch, -1, -1), prefix_states)
+            self.predictor.forward_cached(prefix_z, *prefix, cache)
+            if cache_batch != samples:
+                cache = cache.expand_batch(samples, cache.capacity)
+        state = None if state0 is None else state0[:, -1].expand(samples, -1)  # (S, Ds)
+        z = z0[:, -1:].expand(samples, -1, -1, -1)  # (S, 1, N, D)
+        outputs = []
+        for step in range(horizon):
+            action = actions[:, step : step + 1]  # (S, 1, A)
+            step_state = None if state is None else state.unsqueeze(1)
+            z = self._finish(self.predictor.forward_cached(z, *self.standardize(action, step_state), cache))  # (S,1,N,D)
+            outputs.append(z)
+            if state is not None:
+                state = self.next_states(state, action[:, 0])
+        return torch.cat(outputs, dim=1)
+
+    def _rollout_naive(self, z0, state0, actions, context_actions) -> Tensor:
+        samples, horizon = actions.shape[:2]
+        context = z0.shape[1]
+        z_hist = z0.expand(samples, -1, -1, -1)
+        past_actions = actions[:, :0] if context == 1 else context_actions.expand(samples, -1, -1)
+        states = None if state0 is None else state0.expand(samples, -1, -1)
+        outputs = []
+        for step in range(horizon):
+            step_actions = torch.cat([past_actions, actions[:, : step + 1]], dim=1)  # (S, T0+step, A)
+            z_next = self.predict(z_hist, step_actions, states)[:, -1:]  # (S, 1, N, D)
+            outputs.append(z_next)
+            z_hist = torch.cat([z_hist, z_next], dim=1)
+            if states is not None:
+                states = torch.cat([states, self.next_states(states[:, -1:], actions[:, step : step + 1])], dim=1)
+        return torch.cat(outputs, dim=1)
+
+
+def _rows(x: Tensor | None, part: slice) -> Tensor | None:
+    """Slice a per-sample tensor, leaving batch-1 (shared) tensors whole."""
+    if x is None or x.shape[0] == 1:
+        return x
+    return x[part]
