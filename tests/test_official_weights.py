@@ -304,7 +304,7 @@ def test_convert_all_when_encoder_and_target_share_storage(sources, tmp_path):
     shared = official_layout(sources["encoder"])
     path = tmp_path / "shared.pt"
     torch.save({"encoder": shared, "target_encoder": shared, "predictor": official_layout(sources["predictor"])}, path)
-    out = convert_checkpoint(path, tmp_path / "ours", which="all")
+    out = convert_checkpoint(path, tmp_path / "ours", which="all", predictor_overrides={"num_heads": 4})
     for part in ("encoder", "target_encoder"):
         torch.testing.assert_close(encode(load_official_checkpoint(out, which=part), sources),
                                    encode(sources["encoder"], sources), rtol=0, atol=1e-6)
