@@ -18,7 +18,7 @@ Memory: the block-causal mask is built per call from step ids for the T actually
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -160,6 +160,7 @@ class ACPredictor(nn.Module):
         if c.predict_residual:  # start exactly at "next frame = this frame"
             nn.init.zeros_(self.predictor_proj.weight)
         self._step_template = self._build_step_template()
+        self._compiled_decode: Callable[..., Tensor] | None = None  # set by compile_decoding
 
     @property
     def head_dim(self) -> int:
@@ -259,20 +260,45 @@ class ACPredictor(nn.Module):
         start, end = cache.length, cache.length + n_new
         if end > cache.capacity:
             raise ValueError(f"KV cache holds {cache.capacity} tokens, {end} needed; allocate more steps")
-        x = self.embed_steps(z, actions, states)
-        rope = self.rope_for_steps(cache.steps, num_steps, x.device)
+        rope = self.rope_for_steps(cache.steps, num_steps, z.device)
         mask = None
         if num_steps > 1:  # new steps see all cached tokens plus earlier/same new steps
-            causal = self.block_causal_mask(num_steps, x.device)
+            causal = self.block_causal_mask(num_steps, z.device)
             mask = torch.cat([causal.new_ones(n_new, start), causal], dim=1)
-        for block, k_buf, v_buf in zip(self.predictor_blocks, cache.keys, cache.values):
+        decode = self._compiled_decode or self._decode_steps
+        out = decode(z, actions, states, rope, cache.keys, cache.values, start, mask)
+        cache.length, cache.steps = end, cache.steps + num_steps
+        return out
+
+    def _decode_steps(self, z: Tensor, actions: Tensor, states: Tensor | None, rope: RopeTables,
+                      keys: list[Tensor], values: list[Tensor], start: int, mask: Tensor | None) -> Tensor:
+        """The tensor work of ``forward_cached``: writes the new keys/values at ``start`` and predicts.
+
+        Kept free of cache bookkeeping so that ``compile_decoding`` can hand it to torch.compile whole."""
+        x = self.embed_steps(z, actions, states)
+        end = start + x.shape[1]
+        for block, k_buf, v_buf in zip(self.predictor_blocks, keys, values):
             q, k, v = block.attn.project_qkv(block.norm1(x), rope)  # (B, H, n_new, hd)
             k_buf[:, :, start:end] = k
             v_buf[:, :, start:end] = v
             x = x + block.attn.attend(q, k_buf[:, :, :end], v_buf[:, :, :end], mask)
             x = x + block.mlp(block.norm2(x))
-        cache.length, cache.steps = end, cache.steps + num_steps
         return self.read_out(x, z)
+
+    def compile_decoding(self, freeze_weights: bool = True) -> None:
+        """Run ``forward_cached``'s tensor work through torch.compile (inductor) from now on.
+
+        Inductor fuses what eager runs as separate memory-bound passes (RoPE, bias + GELU, residual
+        adds and layer norms) around the matmuls. Shapes are specialised (``dynamic=False``): each
+        new (batch, cached length) pair compiles once, 10-40 s cold. ``freeze_weights`` lets inductor
+        treat the weights as constants (prepacked for MKL), measured faster on CPU; it is for inference
+        only: the compiled code keeps the weights it first ran with, so call this after loading them
+        and never train the predictor afterwards (refused while any parameter requires grad).
+        """
+        if freeze_weights and any(p.requires_grad for p in self.parameters()):
+            raise ValueError("compile_decoding(freeze_weights=True) snapshots the weights for inference; "
+                             "call predictor.requires_grad_(False) first (or pass freeze_weights=False)")
+        self._compiled_decode = torch.compile(self._decode_steps, dynamic=False, options={"freezing": freeze_weights})
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:

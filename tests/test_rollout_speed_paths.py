@@ -1,0 +1,36 @@
+"""The rollout's speed paths compute what the eager path computes (no wall times are asserted)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from jepa_world.dynamics import Dynamics, DynamicsConfig
+from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
+
+
+def small_dynamics() -> Dynamics:
+    torch.manual_seed(0)
+    predictor = ACPredictor(ACPredictorConfig(encoder_dim=32, action_dim=3, state_dim=4, grid_hw=(2, 2), dim=32,
+                                              depth=2, num_heads=2))
+    return Dynamics(predictor, DynamicsConfig(integrated_state_dims=(0, 1, 2))).eval().requires_grad_(False)
+
+
+@pytest.mark.slow
+def test_compiled_decoding_matches_eager_rollout() -> None:
+    dynamics = small_dynamics()
+    samples, context, horizon = 5, 2, 3
+    z0 = torch.randn(1, context, 4, 32)  # a shared two-frame context: the cached prefix runs with a mask
+    state0 = torch.randn(1, context, 4)
+    context_actions = torch.randn(1, context - 1, 3)
+    actions = torch.randn(samples, horizon, 3)
+    with torch.no_grad():
+        eager = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
+        dynamics.predictor.compile_decoding()
+        compiled = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_frozen_compile_refuses_trainable_weights() -> None:
+    predictor = small_dynamics().predictor.requires_grad_(True)
+    with pytest.raises(ValueError, match="requires_grad_"):
+        predictor.compile_decoding()
