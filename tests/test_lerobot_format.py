@@ -68,6 +68,9 @@ def test_v3_layout_and_metadata(tmp_path):
     assert [e["dataset_to_index"] for e in episodes] == [12, 27, 36]
     assert episodes[1]["videos/observation.images.main/to_timestamp"] == pytest.approx(1.5)
     assert episodes[2]["goal_state"] == pytest.approx([0.1, 0.2, 0.3]) and episodes[2]["policy"] == "expert"
+    # LeRobot's columns: stats of every feature (it appends rows with them; see test_lerobot_interop.py).
+    assert {k.split("/")[1] for k in episodes[0] if k.startswith("stats/")} == set(info["features"])
+    assert read_meta(tmp_path).episodes[2].extra["seed"] == 2
 
     tasks = pq.read_table(tmp_path / "meta/tasks.parquet")
     assert tasks["task"].to_pylist() == ["reach the goal"] and tasks["task_index"].to_pylist() == [0]

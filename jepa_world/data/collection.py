@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
-from jepa_world.data.lerobot import EpisodeRecord, LeRobotWriter, write_episode_videos
+from jepa_world.data.lerobot import EpisodeRecord, LeRobotWriter, check_video_settings, write_episode_videos
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +62,10 @@ class CollectConfig:
     episode_length: int = 50      # frames (= actions) recorded per episode
     workers: int = 2              # rollout processes; <= 1 runs in this process
     fps: int | None = None        # video/timestamp rate; None: the env's metadata["render_fps"]
-    crf: int = 0                  # libx264 quality (lower = better); 0 is lossless (stored as yuv444p)
+    crf: int = 0                  # encoder quality (lower = better); libx264 crf 0 is lossless (yuv444p by default)
     gop: int = 10                 # keyframe interval; short GOPs keep windowed decoding cheap
+    pix_fmt: str | None = None    # None: yuv444p at crf 0, else yuv420p; "yuv420p" (crf >= 1) plays in browsers
+    vcodec: str = "libx264"       # or "libsvtav1" (AV1, LeRobot's default; yuv420p, lossy)
     task: str | None = None       # task string stored in meta/tasks.parquet
     exploration: ExplorationConfig = field(default_factory=ExplorationConfig)
 
@@ -87,6 +89,7 @@ class CollectConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+        check_video_settings(self.vcodec, self.crf, self.pix_fmt)
         self.exploration.validate()
 
     def identity(self) -> dict[str, Any]:
@@ -200,7 +203,8 @@ def _run_episode(episode_index: int) -> EpisodeRecord:
     cfg: CollectConfig = _worker["cfg"]
     plan = plan_episode(cfg.seed, episode_index, cfg.expert_ratio)
     record = rollout_episode(_worker["env"], plan, cfg)
-    write_episode_videos(_worker["root"], episode_index, record.frames, _worker["fps"], cfg.crf, cfg.gop)
+    record.image_stats = write_episode_videos(_worker["root"], episode_index, record.frames, _worker["fps"], cfg.crf,
+                                              cfg.gop, cfg.pix_fmt, cfg.vcodec)
     record.frames = {}  # already on disk; don't pickle pixels back to the parent
     return record
 
@@ -244,7 +248,8 @@ def collect(cfg: CollectConfig) -> CollectSummary:
     writer = LeRobotWriter(cfg.output_dir, fps=fps, action_names=action_names, state_names=state_names,
                            cameras={CAMERA: (h, w)}, task=cfg.task or f"{cfg.env}: match the goal image",
                            extra_info={"collection": cfg.identity(), "action_state_map": action_state_map},
-                           robot_type=f"jepa_world/{cfg.env}", crf=cfg.crf, gop=cfg.gop)
+                           robot_type=f"jepa_world/{cfg.env}", crf=cfg.crf, gop=cfg.gop, pix_fmt=cfg.pix_fmt,
+                           vcodec=cfg.vcodec)
     start = writer.num_episodes
     pending = list(range(start, cfg.episodes))
     if start:

@@ -5,19 +5,28 @@ finished episode is durable on its own; v3 allows any number of episodes per fil
 
     meta/info.json                                   schema, fps, path templates, totals
     meta/tasks.parquet                               task string -> task_index
-    meta/stats.json                                  min/max/mean/std/count and q01..q99 per numeric feature
-    meta/episodes/chunk-000/file-000.parquet         one row per committed episode (1000 per file)
+    meta/stats.json                                  min/max/mean/std/count and q01..q99 per feature
+                                                     (images: per channel, shape (3, 1, 1), in [0, 1])
+    meta/episodes/chunk-000/file-000.parquet         one row per committed episode (1000 per file): every
+                                                     column LeRobot writes, then our extras (seed, policy, ...)
     data/chunk-XXX/file-XXX.parquet                  per-frame rows
-    videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 (yuv444p lossless at crf 0, else yuv420p)
+    videos/observation.images.<cam>/chunk-XXX/file-XXX.mp4   libx264 (default) or libsvtav1
 
 The episodes table is the source of truth: an episode exists once its row is in it.
 Data and video files are written under a temporary name and renamed, then the episodes
 table and info.json are rewritten atomically, so a crash at any point leaves either the
 old or the new committed set, never a half-written episode.
+
+LeRobot appends an episode as a new episode-table file holding only its own columns, and
+reopens the table with the first file's schema, which accepts later files whose columns are a
+subset. Our rows therefore carry per-episode stats of every feature, exactly as LeRobot names
+them: older datasets that have stats of action and observation.state only are still read, and
+`upgrade_episode_stats` completes them so that LeRobot (and this writer) can append.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -40,7 +49,12 @@ CHUNKS_SIZE = 1000
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
-STATS_FEATURES = ("action", "observation.state")
+CAMERA_DTYPES = ("video", "image")
+# Encoder -> (codec name in info.json, pixel formats it may write). libsvtav1 is LeRobot's default encoder.
+VIDEO_CODECS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "libx264": ("h264", ("yuv420p", "yuv444p")),
+    "libsvtav1": ("av1", ("yuv420p",)),
+}
 
 
 class DatasetFormatError(ValueError):
@@ -92,36 +106,59 @@ def list_column_to_numpy(column: pa.ChunkedArray | pa.Array, name: str, file: Pa
             raise DatasetFormatError(f"{file}: column {name!r} has rows of different lengths {sorted(set(widths.tolist()))}")
         flat = array.flatten().to_numpy(zero_copy_only=False)
         return flat.reshape(n, int(widths[0]) if n else 0)
-    if pa.types.is_floating(array.type) or pa.types.is_integer(array.type):
+    if pa.types.is_floating(array.type) or pa.types.is_integer(array.type) or pa.types.is_boolean(array.type):
         return array.to_numpy(zero_copy_only=False).reshape(n, 1)
     raise DatasetFormatError(f"{file}: column {name!r} has type {array.type}, expected a list of numbers")
 
 
 # ----------------------------------------------------------------------------- video
 
-def video_pix_fmt(crf: int) -> str:
+def video_pix_fmt(crf: int, pix_fmt: str | None = None) -> str:
+    """`pix_fmt`, or when None the default: yuv444p for lossless crf 0, else yuv420p."""
+    if pix_fmt is not None:
+        return pix_fmt
     return "yuv444p" if crf == 0 else "yuv420p"
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 10) -> None:
-    """Encode (T, H, W, 3) uint8 frames to an H.264 mp4 (atomic: temp name, then rename).
+def check_video_settings(vcodec: str, crf: int, pix_fmt: str | None) -> None:
+    """Refuse encoder settings that would fail, or that would silently not give what was asked."""
+    if vcodec not in VIDEO_CODECS:
+        raise ValueError(f"vcodec={vcodec!r}, expected one of {sorted(VIDEO_CODECS)}")
+    allowed = VIDEO_CODECS[vcodec][1]
+    chosen = video_pix_fmt(crf, pix_fmt) if vcodec == "libx264" else (pix_fmt or "yuv420p")
+    if chosen not in allowed:
+        raise ValueError(f"pix_fmt={pix_fmt!r}: {vcodec} writes {allowed}")
+    if vcodec == "libx264" and pix_fmt == "yuv420p" and crf == 0:
+        # Lossless x264 is the High 4:4:4 Predictive profile even in 4:2:0, which browsers cannot play.
+        raise ValueError("pix_fmt='yuv420p' with crf=0: lossless libx264 uses the High 4:4:4 Predictive profile, "
+                         "which browsers and LeRobot's viewer cannot play; use crf >= 1 (e.g. 18) with yuv420p")
 
-    A short GOP keeps random access cheap for windowed reads. crf 0 is lossless and is stored as
-    yuv444p (only the RGB<->YUV rounding remains, <= 2 levels); other crf values use the widely
-    readable yuv420p, whose colour subsampling blurs small objects at 64 px.
+
+def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18, gop: int = 10,
+                pix_fmt: str | None = None, vcodec: str = "libx264") -> None:
+    """Encode (T, H, W, 3) uint8 frames to an mp4 (atomic: temp name, then rename).
+
+    A short GOP keeps random access cheap for windowed reads. With libx264, crf 0 is lossless and
+    by default stored as yuv444p (only the RGB<->YUV rounding remains, <= 2 levels); other crf values
+    default to the widely readable yuv420p, whose colour subsampling blurs small objects at 64 px.
+    libsvtav1 (AV1, LeRobot's default) writes yuv420p only.
     """
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     t, h, w, _ = frames.shape
-    pix_fmt = video_pix_fmt(crf)
+    check_video_settings(vcodec, crf, pix_fmt)
+    pix_fmt = video_pix_fmt(crf, pix_fmt) if vcodec == "libx264" else "yuv420p"
     if h % 2 or w % 2:
-        raise ValueError(f"{path}: H.264 needs even frame sizes, got {h}x{w}")
+        raise ValueError(f"{path}: {vcodec} with {pix_fmt} needs even frame sizes, got {h}x{w}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.mp4")
+    options = {"crf": str(crf), "g": str(gop)}
+    if vcodec == "libx264":
+        options.update(preset="veryfast", tune="zerolatency")
     with av.open(str(tmp), mode="w") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream = container.add_stream(vcodec, rate=Fraction(fps))
         stream.width, stream.height, stream.pix_fmt = w, h, pix_fmt
-        stream.options = {"crf": str(crf), "g": str(gop), "preset": "veryfast", "tune": "zerolatency"}
+        stream.options = options
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -139,10 +176,18 @@ def episode_video_path(root: Path, episode_index: int, video_key: str) -> Path:
 
 
 def write_episode_videos(root: Path, episode_index: int, frames: dict[str, np.ndarray], fps: int,
-                         crf: int = 18, gop: int = 10) -> None:
-    """Encode one episode's camera streams; safe to call from worker processes before `add_episode`."""
+                         crf: int = 18, gop: int = 10, pix_fmt: str | None = None,
+                         vcodec: str = "libx264") -> dict[str, dict[str, list]]:
+    """Encode one episode's camera streams; safe to call from worker processes before `add_episode`.
+
+    Returns each video key's image stats (pass them to `add_episode` as `EpisodeRecord.image_stats`).
+    """
+    stats = {}
     for cam, cam_frames in frames.items():
-        write_video(episode_video_path(root, episode_index, f"observation.images.{cam}"), cam_frames, fps, crf, gop)
+        key = f"observation.images.{cam}"
+        write_video(episode_video_path(root, episode_index, key), cam_frames, fps, crf, gop, pix_fmt, vcodec)
+        stats[key] = image_stats(cam_frames)
+    return stats
 
 
 # ----------------------------------------------------------------------------- writer
@@ -157,6 +202,8 @@ class EpisodeRecord:
     rewards: np.ndarray | None = None        # (L,) reward after each action
     successes: np.ndarray | None = None      # (L,) bool success after each action
     extra: dict[str, Any] = field(default_factory=dict)  # per-episode columns (seed, policy, success, ...)
+    # video key -> stats of its frames; needed when the videos were written beforehand (see write_episode_videos).
+    image_stats: dict[str, dict[str, list]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.actions)
@@ -174,9 +221,37 @@ def _stats(values: np.ndarray) -> dict[str, list]:
     return stats
 
 
+def image_stats(frames: np.ndarray) -> dict[str, list]:
+    """Per-channel stats of (L, H, W, 3) uint8 frames as LeRobot stores them: values in [0, 1], shape (3, 1, 1).
+
+    Computed exactly from each channel's 256-bin histogram (no pixel sort); quantiles interpolate
+    linearly between order statistics as np.quantile does. count is the number of frames, as in LeRobot.
+    """
+    levels = np.arange(256, dtype=np.float64)
+    per_channel: dict[str, list[float]] = {key: [] for key in ("min", "max", "mean", "std", *QUANTILES)}
+    for channel in range(frames.shape[-1]):
+        histogram = np.bincount(frames[..., channel].reshape(-1), minlength=256).astype(np.float64)
+        n = histogram.sum()
+        mean = (levels * histogram).sum() / n
+        present = np.flatnonzero(histogram)
+        cumulative = np.cumsum(histogram)
+        per_channel["min"].append(float(present[0]))
+        per_channel["max"].append(float(present[-1]))
+        per_channel["mean"].append(mean)
+        per_channel["std"].append(float(np.sqrt(max((levels**2 * histogram).sum() / n - mean**2, 0.0))))
+        for name, q in QUANTILES.items():
+            position = q * (n - 1)  # of the sorted pixel values
+            below, above = np.searchsorted(cumulative, [np.floor(position) + 1, np.ceil(position) + 1])
+            per_channel[name].append(float(below + (above - below) * (position - np.floor(position))))
+    stats: dict[str, list] = {key: [[[v / 255.0]] for v in values] for key, values in per_channel.items()}
+    stats["count"] = [int(frames.shape[0])]
+    return stats
+
+
 def _merge_stats(parts: list[dict[str, list]]) -> dict[str, list]:
-    counts = np.array([p["count"][0] for p in parts], dtype=np.float64)[:, None]
     means = np.array([p["mean"] for p in parts])
+    # (P, 1, ...) so that counts broadcast over vector (P, D) and image (P, 3, 1, 1) stats alike.
+    counts = np.array([p["count"][0] for p in parts], dtype=np.float64).reshape(-1, *[1] * (means.ndim - 1))
     stds = np.array([p["std"] for p in parts])
     total = counts.sum()
     mean = (counts * means).sum(0) / total
@@ -208,18 +283,25 @@ class LeRobotWriter:
 
     `extra_info` is stored in meta/info.json under "jepa_world" (e.g. the collection config);
     reopening with a different value raises, so a resumed run cannot silently mix settings.
+    Per-episode `EpisodeRecord.extra` becomes extra episode-table columns, which LeRobot tolerates
+    (module docstring) and leaves null for episodes it appends.
     """
 
     def __init__(self, root: str | Path, *, fps: int, action_names: list[str], state_names: list[str],
                  cameras: dict[str, tuple[int, int]], task: str, extra_info: dict[str, Any] | None = None,
-                 robot_type: str | None = None, crf: int = 18, gop: int = 10, episodes_per_meta_file: int = 1000):
+                 robot_type: str | None = None, crf: int = 18, gop: int = 10, pix_fmt: str | None = None,
+                 vcodec: str = "libx264", episodes_per_meta_file: int = 1000):
+        check_video_settings(vcodec, crf, pix_fmt)
         self.root = Path(root)
         # Each commit rewrites only the newest episode-table file, so committing stays O(1) per episode.
         self.episodes_per_meta_file = int(episodes_per_meta_file)
         self.fps, self.crf, self.gop, self.task = int(fps), int(crf), int(gop), task
+        self.pix_fmt, self.vcodec = pix_fmt, vcodec
         self.video_keys = [f"observation.images.{cam}" for cam in cameras]
         self.info = self._build_info(action_names, state_names, cameras, robot_type, extra_info or {})
-        self.episodes: list[dict[str, Any]] = []
+        # LeRobot computes stats for every feature but strings; so do we, so that our rows have its columns.
+        self.stats_features = [k for k, f in self.info["features"].items() if f["dtype"] != "string"]
+        self.episodes: list[dict[str, Any]] = []  # episode-table rows (LeRobot's columns, then extras), in order
         self._stats: dict[str, dict[str, list]] = {}  # running totals over committed episodes
         if (self.root / "meta" / "info.json").exists():
             self._reopen()
@@ -230,12 +312,14 @@ class LeRobotWriter:
 
     def _build_info(self, action_names, state_names, cameras, robot_type, extra_info) -> dict[str, Any]:
         scalar = lambda dtype: {"dtype": dtype, "shape": [1], "names": None}  # noqa: E731
+        pix_fmt = video_pix_fmt(self.crf, self.pix_fmt) if self.vcodec == "libx264" else "yuv420p"
         features: dict[str, Any] = {}
         for cam, (h, w) in cameras.items():
             features[f"observation.images.{cam}"] = {
                 "dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                "info": {"video.height": h, "video.width": w, "video.codec": "h264", "video.pix_fmt": video_pix_fmt(self.crf),
-                         "video.is_depth_map": False, "video.fps": self.fps, "video.channels": 3, "has_audio": False}}
+                "info": {"video.height": h, "video.width": w, "video.codec": VIDEO_CODECS[self.vcodec][0],
+                         "video.pix_fmt": pix_fmt, "video.is_depth_map": False, "video.fps": self.fps,
+                         "video.channels": 3, "has_audio": False}}
         features["observation.state"] = {"dtype": "float32", "shape": [len(state_names)], "names": list(state_names)}
         features["action"] = {"dtype": "float32", "shape": [len(action_names)], "names": list(action_names)}
         features["next.reward"] = scalar("float32")
@@ -260,16 +344,31 @@ class LeRobotWriter:
                 raise DatasetFormatError(
                     f"{info_path}: existing dataset has {key}={old.get(key)!r}, this run wants {self.info.get(key)!r}; "
                     "use a new output directory (or the original settings to resume)")
-        for file in sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        episodes_dir = self.root / "meta" / "episodes"
+        for file in sorted(episodes_dir.glob("chunk-*/file-*.parquet")):
             self.episodes += pq.read_table(file).to_pylist()
+        lacking = _features_without_episode_stats(self.episodes, self.stats_features)
+        if lacking:
+            raise DatasetFormatError(
+                f"{episodes_dir}: no per-episode stats of {lacking} (a dataset of an older jepa_world); appending "
+                "would give rows whose columns differ, which LeRobot cannot reopen; complete it in place with "
+                f"`python -c \"from jepa_world.data.lerobot import upgrade_episode_stats; upgrade_episode_stats('{self.root}')\"`")
         indices = [e["episode_index"] for e in self.episodes]
         if indices != list(range(len(indices))):
-            raise DatasetFormatError(f"{self.root / 'meta' / 'episodes'}: episode indices {indices[:10]}... "
-                                     "are not 0..N-1 in order")
+            raise DatasetFormatError(f"{episodes_dir}: episode indices {indices[:10]}... are not 0..N-1 in order")
+        for row in self.episodes:
+            meta_file = row["episode_index"] // self.episodes_per_meta_file
+            where = (row["meta/episodes/chunk_index"], row["meta/episodes/file_index"])
+            if where != (meta_file // CHUNKS_SIZE, meta_file % CHUNKS_SIZE):
+                raise DatasetFormatError(
+                    f"{episodes_dir}: episode {row['episode_index']} is listed in chunk/file {where}, not where this "
+                    f"writer puts it ({meta_file // CHUNKS_SIZE}, {meta_file % CHUNKS_SIZE}): another tool (LeRobot?) "
+                    "appended to this dataset; append with that tool, or collect into a new output directory")
         for row in self.episodes:  # fold in commit order, exactly as add_episode does, so resumed == uninterrupted
-            for feat in STATS_FEATURES:
+            for feat in self.stats_features:
                 stats = {s: row[f"stats/{feat}/{s}"] for s in STAT_KEYS if f"stats/{feat}/{s}" in row}
-                self._stats[feat] = _merge_stats([self._stats[feat], stats]) if feat in self._stats else stats
+                if stats:
+                    self._stats[feat] = _merge_stats([self._stats[feat], stats]) if feat in self._stats else stats
         self._write_summary()  # a crash may have left info.json/stats.json one commit behind the episode table
         log.info("reopened %s with %d committed episodes", self.root, len(self.episodes))
 
@@ -285,7 +384,8 @@ class LeRobotWriter:
         """Write and commit the next episode; returns its episode_index.
 
         `videos_written=True`: a worker already encoded the videos with `write_episode_videos`
-        (record.frames may then be empty); they are checked to exist instead.
+        (record.frames may then be empty, record.image_stats must hold what it returned);
+        the videos are checked to exist instead.
         """
         ep = self.num_episodes
         n = len(record)
@@ -301,27 +401,35 @@ class LeRobotWriter:
             missing = [p for key in self.video_keys if not (p := episode_video_path(self.root, ep, key)).is_file()]
             if missing:
                 raise FileNotFoundError(f"episode {ep}: videos_written=True but {missing} do not exist")
+            no_stats = sorted(set(self.video_keys) - set(record.image_stats))
+            if no_stats:
+                raise ValueError(f"episode {ep}: videos_written=True but record.image_stats lacks {no_stats}; "
+                                 "pass what write_episode_videos returned")
+            camera_stats = record.image_stats
         else:
             if sorted(f"observation.images.{c}" for c in record.frames) != sorted(self.video_keys):
                 raise ValueError(f"episode {ep}: cameras {sorted(record.frames)} differ from the dataset's {self.video_keys}")
-            write_episode_videos(self.root, ep, record.frames, self.fps, self.crf, self.gop)
+            camera_stats = write_episode_videos(self.root, ep, record.frames, self.fps, self.crf, self.gop,
+                                                self.pix_fmt, self.vcodec)
         start = self.num_frames
         chunk, file = ep // CHUNKS_SIZE, ep % CHUNKS_SIZE
         successes = np.zeros(n, bool) if record.successes is None else np.asarray(record.successes, bool)
         done = np.zeros(n, bool)
         done[-1] = True
-        table = pa.table({
-            "observation.state": _fixed_list(record.states.astype(np.float32), pa.float32()),
-            "action": _fixed_list(record.actions.astype(np.float32), pa.float32()),
-            "next.reward": pa.array(np.zeros(n, np.float32) if record.rewards is None else record.rewards.astype(np.float32)),
-            "next.success": pa.array(successes),
-            "next.done": pa.array(done),
-            "timestamp": pa.array(np.arange(n, dtype=np.float32) / np.float32(self.fps)),
-            "frame_index": pa.array(np.arange(n, dtype=np.int64)),
-            "episode_index": pa.array(np.full(n, ep, np.int64)),
-            "index": pa.array(np.arange(start, start + n, dtype=np.int64)),
-            "task_index": pa.array(np.zeros(n, np.int64)),
-        })
+        frame_columns: dict[str, np.ndarray] = {
+            "observation.state": record.states.astype(np.float32),
+            "action": record.actions.astype(np.float32),
+            "next.reward": np.zeros(n, np.float32) if record.rewards is None else record.rewards.astype(np.float32),
+            "next.success": successes,
+            "next.done": done,
+            "timestamp": np.arange(n, dtype=np.float32) / np.float32(self.fps),
+            "frame_index": np.arange(n, dtype=np.int64),
+            "episode_index": np.full(n, ep, np.int64),
+            "index": np.arange(start, start + n, dtype=np.int64),
+            "task_index": np.zeros(n, np.int64),
+        }
+        table = pa.table({name: _fixed_list(values, pa.float32()) if values.ndim == 2 else pa.array(values)
+                          for name, values in frame_columns.items()})
         _atomic_write_parquet(self.root / DATA_PATH.format(chunk_index=chunk, file_index=file), table)
 
         row: dict[str, Any] = {"episode_index": ep, "tasks": [self.task], "length": n,
@@ -330,13 +438,13 @@ class LeRobotWriter:
         for key in self.video_keys:
             row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
                         f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": n / self.fps})
-        meta_file = ep // self.episodes_per_meta_file
-        row.update({"meta/episodes/chunk_index": meta_file // CHUNKS_SIZE, "meta/episodes/file_index": meta_file % CHUNKS_SIZE})
         previous_stats = dict(self._stats)
-        for feat, values in (("action", record.actions), ("observation.state", record.states)):
-            stats = _stats(values)
+        for feat in self.stats_features:
+            stats = camera_stats[feat] if feat in camera_stats else _stats(frame_columns[feat].reshape(n, -1))
             row.update({f"stats/{feat}/{k}": v for k, v in stats.items()})
             self._stats[feat] = _merge_stats([self._stats[feat], stats]) if feat in self._stats else stats
+        meta_file = ep // self.episodes_per_meta_file
+        row.update({"meta/episodes/chunk_index": meta_file // CHUNKS_SIZE, "meta/episodes/file_index": meta_file % CHUNKS_SIZE})
         row.update(record.extra)
         self.episodes.append(row)
         try:
@@ -365,14 +473,57 @@ class LeRobotWriter:
         _atomic_write_json(self.root / "meta" / "info.json", self.info, sync=False)
 
 
+_EPISODE_LAYOUT_KEYS = ("episode_index", "length", "tasks", "dataset_from_index", "dataset_to_index")
+
+
+def _extra_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Episode-table columns that are not LeRobot's (theirs are the layout keys and "<group>/..." names)."""
+    return sorted({k for row in rows for k in row if "/" not in k and k not in _EPISODE_LAYOUT_KEYS})
+
+
+def _features_without_episode_stats(rows: list[dict[str, Any]], features: list[str]) -> list[str]:
+    return [f for f in features if any(f"stats/{f}/mean" not in row for row in rows)]
+
+
+def upgrade_episode_stats(root: str | Path) -> None:
+    """Complete, in place, a dataset of an older jepa_world whose episode rows have stats of action and
+    observation.state only: every feature gets its per-episode stats (videos are decoded for the image
+    stats) and meta/stats.json is rebuilt. Extras and everything else are kept."""
+    from jepa_world.data.video import open_frame_reader  # decord and torch: only this conversion needs them
+
+    root = Path(root)
+    meta = read_meta(root)
+    by_index = {e.episode_index: e for e in meta.episodes}
+    numeric = [k for k, f in meta.features.items() if f["dtype"] not in (*CAMERA_DTYPES, "string")]
+    columns = read_columns(meta, numeric)
+    totals: dict[str, dict[str, list]] = {}
+    for file in sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet")):
+        rows = []
+        for row in pq.read_table(file).to_pylist():
+            episode = by_index[row["episode_index"]]
+            stats = {feat: _stats(columns[episode.episode_index][feat]) for feat in numeric}
+            for key, (path, from_timestamp) in episode.videos.items():
+                first = int(round(from_timestamp * meta.fps))
+                stats[key] = image_stats(open_frame_reader(path).read(range(first, first + episode.length)))
+            for key in meta.image_keys:
+                stats[key] = image_stats(read_image_frames(meta, episode, key, np.arange(episode.length)))
+            for feat in meta.features:
+                if feat in stats:
+                    row.update({f"stats/{feat}/{k}": v for k, v in stats[feat].items()})
+                    totals[feat] = _merge_stats([totals[feat], stats[feat]]) if feat in totals else stats[feat]
+            rows.append(row)
+        _atomic_write_parquet(file, pa.Table.from_pylist(rows))
+    _atomic_write_json(root / "meta" / "stats.json", totals)
+
+
 # ----------------------------------------------------------------------------- reader
 
 @dataclass
 class EpisodeFiles:
     """Where one episode lives: its data file and, per video key, (mp4 path, first timestamp in it).
 
-    `extra` holds the episode table's other scalar columns (ours: seed, policy, success,
-    final_distance, goal_state)."""
+    `extra` holds the episode table's columns that are not LeRobot's (ours: seed, policy, success,
+    final_distance, goal_state; null for episodes that LeRobot appended)."""
 
     episode_index: int
     length: int
@@ -395,6 +546,15 @@ class DatasetMeta:
         return [k for k, f in self.features.items() if f.get("dtype") == "video"]
 
     @property
+    def image_keys(self) -> list[str]:
+        """Cameras stored as encoded images (PNG/JPEG bytes) in the data parquet, LeRobot's "image" dtype."""
+        return [k for k, f in self.features.items() if f.get("dtype") == "image"]
+
+    @property
+    def camera_keys(self) -> list[str]:
+        return [k for k, f in self.features.items() if f.get("dtype") in CAMERA_DTYPES]
+
+    @property
     def action_state_map(self) -> tuple[int, ...] | None:
         """The state dim each action dim displaces, as collect.py recorded it from the env
         (info.json "jepa_world"/"action_state_map"); None when the dataset does not say."""
@@ -411,9 +571,6 @@ def _require(mapping: dict, key: str, where: Path) -> Any:
     if key not in mapping:
         raise DatasetFormatError(f"{where}: missing key {key!r} (have {sorted(mapping)})")
     return mapping[key]
-
-
-_EPISODE_LAYOUT_KEYS = ("episode_index", "length", "tasks", "dataset_from_index", "dataset_to_index")
 
 
 def read_meta(root: str | Path) -> DatasetMeta:
@@ -455,7 +612,7 @@ def read_meta(root: str | Path) -> DatasetMeta:
                                                          chunk_index=int(_require(row, f"videos/{key}/chunk_index", file)),
                                                          file_index=int(_require(row, f"videos/{key}/file_index", file))),
                                 float(row.get(f"videos/{key}/from_timestamp") or 0.0)) for key in video_keys}
-                extra = {k: v for k, v in row.items() if "/" not in k and k not in _EPISODE_LAYOUT_KEYS}
+                extra = {k: row[k] for k in _extra_columns([row])}
                 episodes.append(EpisodeFiles(ep, int(_require(row, "length", file)), data_file, videos, extra))
     elif version.startswith("v2"):
         chunks_size = int(info.get("chunks_size", CHUNKS_SIZE))
@@ -503,3 +660,44 @@ def read_columns(meta: DatasetMeta, columns: list[str]) -> dict[int, dict[str, n
             rows = order[lo:hi]
             out[ep.episode_index] = {c: arrays[c][rows] for c in columns}
     return out
+
+
+def read_image_frames(meta: DatasetMeta, episode: EpisodeFiles, key: str, frame_ids: np.ndarray) -> np.ndarray:
+    """Frames `frame_ids` of an "image"-dtype camera -> (T, H, W, 3) uint8.
+
+    LeRobot stores such a camera as a struct column {bytes, path}: the encoded image (PNG) in
+    `bytes`, or, when `bytes` is empty, a file `path` relative to the dataset root."""
+    from PIL import Image  # only image-dtype datasets need it
+
+    file = episode.data_file
+    where = f"data file {file} (episode {episode.episode_index})"
+    if not file.is_file():
+        raise DatasetFormatError(f"{where} is missing")
+    try:
+        table = pq.read_table(file, columns=["episode_index", "frame_index", key],
+                              filters=[("episode_index", "=", episode.episode_index)])
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetFormatError(f"cannot read {where}: {e}") from e
+    column = table[key].combine_chunks()
+    if not pa.types.is_struct(column.type) or column.type.get_field_index("bytes") < 0:
+        raise DatasetFormatError(f"{file}: image column {key!r} has type {column.type}, expected struct<bytes, path>")
+    order = np.argsort(table["frame_index"].to_numpy(), kind="stable")
+    if len(order) != episode.length:
+        raise DatasetFormatError(f"{file}: episode {episode.episode_index} has {len(order)} rows, the metadata says "
+                                 f"length {episode.length} (truncated file?)")
+    images = column.field("bytes").to_pylist()
+    paths = column.field("path").to_pylist() if column.type.get_field_index("path") >= 0 else [None] * len(images)
+    frames = []
+    for frame_id in np.asarray(frame_ids):
+        row = int(order[frame_id])
+        source = io.BytesIO(images[row]) if images[row] else (meta.root / paths[row] if paths[row] else None)
+        if source is None:
+            raise DatasetFormatError(f"{file}: image {key!r} of episode {episode.episode_index} frame {frame_id} "
+                                     "has neither bytes nor a path")
+        try:
+            with Image.open(source) as image:
+                frames.append(np.asarray(image.convert("RGB")))
+        except (OSError, ValueError) as e:  # PIL raises OSError (UnidentifiedImageError) for undecodable bytes
+            raise DatasetFormatError(f"{file}: cannot decode image {key!r} of episode {episode.episode_index} "
+                                     f"frame {frame_id}: {e}") from e
+    return np.stack(frames)

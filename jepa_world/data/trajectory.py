@@ -16,12 +16,19 @@ import logging
 from collections import OrderedDict
 from pathlib import Path
 
-import decord
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from jepa_world.data.lerobot import DatasetFormatError, DatasetMeta, EpisodeFiles, read_columns, read_meta
+from jepa_world.data.lerobot import (
+    DatasetFormatError,
+    DatasetMeta,
+    EpisodeFiles,
+    read_columns,
+    read_image_frames,
+    read_meta,
+)
+from jepa_world.data.video import READ_ERRORS, FrameReader, VideoOpenError, open_frame_reader
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +72,9 @@ class TrajectoryDataset(Dataset):
     Item: {"frames": (T,3,H,W) uint8, "actions": (T-1,A) float32, "states": (T,S) float32,
            "episode_index": int, "frame_index": int (first frame of the window)}.
 
-    Videos are decoded with decord; readers are opened once per process and kept in a small LRU
-    cache (`max_open_videos`). With `cache_frames=True` each episode is decoded whole on first use
+    The camera is a video feature (decoded with decord, or PyAV for codecs decord lacks such as AV1;
+    readers are opened once per process and kept in a small LRU cache, `max_open_videos`) or an
+    image feature (PNG/JPEG bytes in the data parquet, as LeRobot writes `"dtype": "image"`). With `cache_frames=True` each episode is decoded whole on first use
     and kept in RAM (per DataLoader worker): decoding a whole short episode costs about as much as
     seeking to one window, and later windows then cost microseconds. `None` (default) caches when the
     split's decoded frames fit in `cache_budget_gb`.
@@ -114,15 +122,16 @@ class TrajectoryDataset(Dataset):
         h, w = _frame_size(self.meta.features[self.video_key])
         decoded_gb = int(lengths.sum()) * h * w * 3 / 1e9
         self.cache_frames = decoded_gb <= cache_budget_gb if cache_frames is None else cache_frames
-        self._readers: OrderedDict[Path, decord.VideoReader] = OrderedDict()
+        self._readers: OrderedDict[Path, FrameReader] = OrderedDict()
         self._frame_cache: dict[int, np.ndarray] = {}
         log.info("%s: %d %s episodes, %d windows of %d frames (step %d), camera %s", self.root, len(self.episodes),
                  split, len(self), num_frames, frame_step, self.video_key)
 
     def _pick_camera(self, camera: str | None) -> str:
-        keys = self.meta.video_keys
+        keys = self.meta.camera_keys
         if not keys:
-            raise DatasetFormatError(f"{self.root}: no video features in meta/info.json; TrajectoryDataset reads frames from mp4")
+            raise DatasetFormatError(f"{self.root}: no video or image features in meta/info.json; "
+                                     "TrajectoryDataset needs a camera")
         if camera is None:
             if len(keys) > 1:
                 raise ValueError(f"{self.root}: several cameras {keys}; pass camera= one of them")
@@ -136,7 +145,7 @@ class TrajectoryDataset(Dataset):
         return int(self._window_end[-1])
 
     def __getstate__(self) -> dict:
-        # Open decord readers cannot cross process boundaries; DataLoader workers reopen them lazily.
+        # Open video readers cannot cross process boundaries; DataLoader workers reopen them lazily.
         state = self.__dict__.copy()
         state["_readers"], state["_frame_cache"] = OrderedDict(), {}
         return state
@@ -183,6 +192,8 @@ class TrajectoryDataset(Dataset):
         return self._decode(episode, frame_ids)
 
     def _decode(self, episode: EpisodeFiles, frame_ids: np.ndarray) -> np.ndarray:
+        if self.video_key in self.meta.image_keys:
+            return read_image_frames(self.meta, episode, self.video_key, frame_ids)
         path, from_timestamp = episode.videos[self.video_key]
         reader = self._reader(path, episode)
         first = int(round(from_timestamp * self.meta.fps))
@@ -191,19 +202,19 @@ class TrajectoryDataset(Dataset):
             raise DatasetFormatError(f"video {path} (episode {episode.episode_index}) has {len(reader)} frames, "
                                      f"needs frame {video_ids[-1]}: the file is truncated or does not match the metadata")
         try:
-            return reader.get_batch(video_ids.tolist()).asnumpy()
-        except decord.DECORDError as e:
+            return reader.read(video_ids.tolist())
+        except READ_ERRORS as e:
             raise DatasetFormatError(f"cannot decode video {path} (episode {episode.episode_index}): {e}") from e
 
-    def _reader(self, path: Path, episode: EpisodeFiles) -> decord.VideoReader:
+    def _reader(self, path: Path, episode: EpisodeFiles) -> FrameReader:
         if path in self._readers:
             self._readers.move_to_end(path)
             return self._readers[path]
         if not path.is_file():
             raise DatasetFormatError(f"video {path} (episode {episode.episode_index}) is missing")
         try:
-            reader = decord.VideoReader(str(path), num_threads=1)
-        except (RuntimeError, decord.DECORDError) as e:  # decord reports unreadable containers as RuntimeError
+            reader = open_frame_reader(path)
+        except VideoOpenError as e:
             raise DatasetFormatError(f"cannot open video {path} (episode {episode.episode_index}): {e}") from e
         self._readers[path] = reader
         if len(self._readers) > self.max_open_videos:
@@ -212,7 +223,7 @@ class TrajectoryDataset(Dataset):
 
 
 def _frame_size(feature: dict) -> tuple[int, int]:
-    """(H, W) of a video feature; LeRobot writes its shape as (H, W, C) or, in some datasets, (C, H, W)."""
+    """(H, W) of a video or image feature; LeRobot writes its shape as (H, W, C) or, in some datasets, (C, H, W)."""
     info = feature.get("info") or {}
     if "video.height" in info and "video.width" in info:
         return int(info["video.height"]), int(info["video.width"])

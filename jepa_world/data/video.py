@@ -1,4 +1,8 @@
-"""Video-folder pretraining dataset read with decord, and an mp4 writer (PyAV).
+"""Video-folder pretraining dataset, frame readers (decord, PyAV fallback) and an mp4 writer (PyAV).
+
+`open_frame_reader` opens a video with decord (fast random access) and falls back to PyAV
+when decord cannot open it: decord's bundled FFmpeg has no AV1 decoder, and AV1 (libsvtav1)
+is LeRobot's default video codec, while PyAV ships dav1d.
 
 A clip is ``frames_per_clip`` frames taken every ``frame_step`` frames from a random
 start, so it spans ``(frames_per_clip - 1) * frame_step + 1`` source frames. Videos
@@ -16,7 +20,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Protocol
 
 import av
 import decord
@@ -48,6 +52,99 @@ def clip_frame_indices(
     if short_videos == "loop":
         return offsets % num_frames
     return None
+
+
+class VideoOpenError(RuntimeError):
+    """Neither decord nor PyAV can open a video (message: the path and both backends' reasons)."""
+
+
+class FrameReader(Protocol):
+    """Random access to the frames of one video file."""
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """uint8 frames (len(indices), H, W, 3) in the order of `indices`."""
+        ...
+
+
+class DecordFrameReader:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        return self.reader.get_batch(list(indices)).asnumpy()
+
+
+class PyAVFrameReader:
+    """Frames by index through PyAV: seek to the keyframe before the first wanted frame, decode forward.
+
+    A frame's index is its presentation time times the stream's frame rate, so files that pack
+    several episodes (LeRobot v3) are read from the right place without decoding from the start.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.container = av.open(str(path))
+        if not self.container.streams.video:
+            self.container.close()
+            raise VideoOpenError(f"{path}: no video stream")
+        self.stream = self.container.streams.video[0]
+        self.rate = self.stream.average_rate or self.stream.guessed_rate
+        if not self.rate:
+            self.container.close()
+            raise VideoOpenError(f"{path}: video stream has no frame rate")
+        self.start_pts = self.stream.start_time or 0
+        # The container's frame count can be absent (0); counting packets needs no decoding.
+        self.num_frames = self.stream.frames or sum(1 for packet in self.container.demux(self.stream) if packet.size)
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def _frame_index(self, frame: av.VideoFrame) -> int:
+        return int(round(float((frame.pts - self.start_pts) * self.stream.time_base * self.rate)))
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        wanted = set(int(i) for i in indices)
+        if not wanted:
+            raise ValueError(f"{self.path}: no frame indices to read")
+        first, last = min(wanted), max(wanted)
+        if first < 0 or last >= self.num_frames:
+            raise IndexError(f"{self.path}: frames {first}..{last} asked, the video has {self.num_frames}")
+        self.container.seek(self.start_pts + int(first / self.rate / self.stream.time_base), stream=self.stream,
+                            backward=True, any_frame=False)
+        found: dict[int, np.ndarray] = {}
+        for frame in self.container.decode(self.stream):
+            index = self._frame_index(frame)
+            if index in wanted:
+                found[index] = frame.to_ndarray(format="rgb24")
+            if index >= last:
+                break
+        missing = sorted(wanted - set(found))
+        if missing:
+            raise VideoOpenError(f"{self.path}: frames {missing[:10]} could not be decoded (the file ends early)")
+        return np.stack([found[int(i)] for i in indices])
+
+
+def open_frame_reader(path: str | Path) -> FrameReader:
+    """decord when it can open `path`, else PyAV (AV1 and other codecs decord's FFmpeg lacks)."""
+    path = Path(path)
+    try:
+        return DecordFrameReader(path)
+    except (RuntimeError, decord.DECORDError) as decord_error:  # decord reports unreadable containers as either
+        try:
+            return PyAVFrameReader(path)
+        except (av.FFmpegError, VideoOpenError) as pyav_error:
+            raise VideoOpenError(f"{path}: decord: {_first_line(decord_error)}; PyAV: {_first_line(pyav_error)}") \
+                from pyav_error
+
+
+READ_ERRORS: tuple[type[Exception], ...] = (RuntimeError, decord.DECORDError, av.FFmpegError)
+"""What `FrameReader.read` raises for a file that opened but cannot be decoded (VideoOpenError is a RuntimeError)."""
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
@@ -124,8 +221,8 @@ class VideoFolderDataset(FileFolderDataset):
     def read_frames(self, path: Path, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """uint8 frames (T, H, W, 3) of a random clip of ``path`` and their source indices."""
         try:
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)
-        except (RuntimeError, decord.DECORDError) as error:
+            reader = open_frame_reader(path)
+        except VideoOpenError as error:
             raise UnreadableFileError(f"cannot open video {str(path)!r}: {_first_line(error)}") from error
         indices = clip_frame_indices(len(reader), self.frames_per_clip, self.frame_step, rng, self.short_videos)
         if indices is None:
@@ -134,8 +231,8 @@ class VideoFolderDataset(FileFolderDataset):
                 f"{(self.frames_per_clip - 1) * self.frame_step + 1} (short_videos='reject')"
             )
         try:
-            frames = reader.get_batch(indices.tolist()).asnumpy()
-        except (RuntimeError, decord.DECORDError) as error:
+            frames = reader.read(indices.tolist())
+        except READ_ERRORS as error:
             raise UnreadableFileError(f"cannot decode video {str(path)!r}: {_first_line(error)}") from error
         if frames.shape[0] != len(indices) or frames.ndim != 4 or frames.shape[-1] != 3:
             raise UnreadableFileError(f"video {str(path)!r} decoded to frames of shape {frames.shape}, "
