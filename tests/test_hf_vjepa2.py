@@ -55,18 +55,62 @@ def test_convert_checkpoint_keeps_the_hf_head_counts(hf_dir, tmp_path):
     assert converted.cfg.num_heads == 6 and load_official_checkpoint(out, which="predictor").cfg.num_heads == 4
 
 
-def test_a_bad_hf_projection_is_named_by_the_files_own_key(hf_dir, tmp_path):
+def truncate(rows: int):
+    return lambda tensor: tensor[:rows]
+
+
+def poison(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.clone()
+    tensor.view(-1)[0] = float("nan")
+    return tensor
+
+
+LAYER1 = "encoder.layer.1.attention"
+QKV = ("query", "key", "value")
+# (which part, {file key: edit, None deletes it}, what the error must say). Every case is a
+# tensor that looks fine in one place (the right name, or the right shape) but cannot be fused or
+# used; each must be reported under the file's own key, not under our fused 'attn.qkv'.
+BAD_HF_TENSORS = {
+    "truncated key": ("encoder", {f"{LAYER1}.key.weight": truncate(184)}, rf"'{LAYER1}\.key\.weight' \(184, 192\)"),
+    "missing key bias": ("encoder", {f"{LAYER1}.key.bias": None}, rf"lacks '{LAYER1}\.key\.bias'"),
+    "a layer without biases": ("encoder", {f"encoder.layer.0.attention.{n}.bias": None for n in QKV},
+                               r"lacks 'encoder\.layer\.0\.attention\.query\.bias', 'encoder\.layer\.0\.attention\."
+                               r"key\.bias', 'encoder\.layer\.0\.attention\.value\.bias'"),
+    "half-precision key": ("encoder", {f"{LAYER1}.key.weight": lambda t: t.half()},
+                           rf"differ in dtype: .*'{LAYER1}\.key\.weight' torch\.float16"),
+    "integer projections": ("encoder", {f"{LAYER1}.{n}.weight": lambda t: t.to(torch.int32) for n in QKV},
+                            rf"'{LAYER1}\.query\.weight' has dtype torch\.int32, expected a floating-point tensor"),
+    "NaN in value": ("encoder", {f"{LAYER1}.value.weight": poison}, rf"'{LAYER1}\.value\.weight' holds 1 non-finite"),
+    "NaN in a predictor query bias": ("predictor", {"predictor.layer.0.attention.query.bias": poison},
+                                      r"'predictor\.layer\.0\.attention\.query\.bias' holds 1 non-finite"),
+    "NaN in an MLP": ("encoder", {"encoder.layer.0.mlp.fc1.weight": poison},
+                      r"'blocks\.0\.mlp\.fc1\.weight' \(the file's 'encoder\.layer\.0\.mlp\.fc1\.weight'\) holds 1 non-finite"),
+    # consistent among themselves, wrong for the model: the fused key is named with the file's three
+    "all three truncated": ("encoder", {f"{LAYER1}.{n}.{kind}": truncate(184) for n in QKV for kind in ("weight", "bias")},
+                            rf"'blocks\.1\.attn\.qkv\.weight' \(the file's '{LAYER1}\.query\.weight', '{LAYER1}\.key\."
+                            rf"weight', '{LAYER1}\.value\.weight'\): checkpoint \(552, 192\) vs model \(576, 192\)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_HF_TENSORS))
+def test_a_bad_hf_tensor_is_named_by_the_files_own_key(hf_dir, tmp_path, case):
     from safetensors.torch import load_file, save_file
 
     from jepa_world.models.official import CheckpointMismatchError
 
     directory, _ = hf_dir
+    which, edits, message = BAD_HF_TENSORS[case]
     tensors = load_file(str(directory / "model.safetensors"))
-    key = "encoder.layer.1.attention.key.weight"
-    tensors[key] = tensors[key][:-8]  # a truncated key projection
+    for key, edit in edits.items():
+        if edit is None:
+            del tensors[key]
+        else:
+            tensors[key] = edit(tensors[key]).contiguous()
     bad = tmp_path / "bad"
     bad.mkdir()
     save_file(tensors, str(bad / "model.safetensors"))
-    (bad / "config.json").write_text((directory / "config.json").read_text())
-    with pytest.raises(CheckpointMismatchError, match=r"'encoder\.layer\.1\.attention\.key\.weight' \(184, 192\)"):
-        load_official_checkpoint(bad, which="encoder")
+    (bad / "config.json").write_text((directory / "config.json").read_text())  # the real head counts
+    with pytest.raises(CheckpointMismatchError, match=message) as raised:
+        load_official_checkpoint(bad, which=which)
+    if case != "all three truncated":
+        assert "qkv" not in str(raised.value)

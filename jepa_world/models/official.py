@@ -27,7 +27,8 @@ import math
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -100,6 +101,17 @@ def _value_problem(value: Tensor) -> str | None:
     return f"holds {bad} non-finite value(s) (NaN/inf)" if bad else None
 
 
+@contextmanager
+def _errors_name(source: str) -> Iterator[None]:
+    """Prefix a ``CheckpointMismatchError`` with the file (and part) it is about, once."""
+    try:
+        yield
+    except CheckpointMismatchError as err:
+        if str(err).startswith(source):
+            raise
+        raise CheckpointMismatchError(f"{source}: {err}") from err
+
+
 def _name(key: str, origins: Mapping[str, tuple[str, ...]]) -> str:
     """``key`` as an error names it: with the file's own key(s) when the file calls it otherwise."""
     if key not in origins:
@@ -139,7 +151,7 @@ def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str,
             if missing:
                 raise CheckpointMismatchError(
                     f"HF checkpoint lacks {', '.join(missing)}: the query/key/value {kind}es of a layer are fused, "
-                    f"so all three are needed (other entries of the file have {kind}es)")
+                    f"so all three are needed (other layers in the file have them)")
             shapes = {present[name][0]: tuple(present[name][1].shape) for name in ("query", "key", "value")}
             if len(set(shapes.values())) != 1:
                 raise CheckpointMismatchError(f"HF query/key/value projections differ in shape: "
@@ -148,7 +160,7 @@ def _fuse_hf_attention(state_dict: dict[str, Tensor], block_prefix: str,
             if len(set(dtypes.values())) != 1:
                 raise CheckpointMismatchError(f"HF query/key/value projections differ in dtype: "
                                               + ", ".join(f"'{k}' {d}" for k, d in dtypes.items()))
-            for file_key, value in present.values():
+            for file_key, value in (present[name] for name in ("query", "key", "value")):
                 problem = _value_problem(value)
                 if problem:
                     raise CheckpointMismatchError(f"'{file_key}' {problem}")
@@ -287,7 +299,8 @@ def load_converted(
     ``assign=True`` adopts the checkpoint tensors instead of copying them, so a model built on the
     ``meta`` device loads with no second copy of the weights (giant: 1B params).
     """
-    converted = checkpoint_filter_fn(state_dict, model)
+    with _errors_name(source):
+        converted = checkpoint_filter_fn(state_dict, model)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(converted))
     unexpected = sorted(set(converted) - set(expected))
@@ -538,28 +551,29 @@ def _load_part(checkpoint: Mapping, path: Path, which: str, overrides: Mapping,
     source = f"{path} [{which}]"
     part_dict = select_part(checkpoint, which, str(path))
     section = "predictor" if which == "predictor" else "encoder"
-    official, origins = to_official_keys(part_dict, section)
-    if isinstance(model, ACPredictor) or (model is None and is_ac_predictor_layout(official)):
-        check_values(official, origins)
-        if model is None:
-            settings = {**_sibling_config(path, section, ACPredictorConfig), **overrides}
-            # Built on the CPU, not on meta: its RoPE step template is a plain tensor made at construction.
-            model = ACPredictor(infer_ac_predictor_config(official, **settings))
-        load_official_state_dict(model, official, source)
-        return model
-    if model is not None:
-        log.info("loading %s from %s into %s", which, path, type(model).__name__)
-        return load_converted(model, part_dict, source)
-    # Built on meta, the model adopts the file's tensors: no random init, no second copy (giant: 1B params).
-    if section == "predictor":
-        settings = {**_sibling_config(path, section, PredictorConfig), **overrides}
-        with torch.device("meta"):
-            model = MaskedPredictor(infer_predictor_config(official, **settings))
-    else:
-        settings = {**_sibling_config(path, section, ViTConfig), **overrides}
-        with torch.device("meta"):
-            model = VisionTransformer(infer_encoder_config(official, **settings))
-    return load_converted(model, part_dict, source, assign=True)
+    with _errors_name(source):
+        official, origins = to_official_keys(part_dict, section)
+        if isinstance(model, ACPredictor) or (model is None and is_ac_predictor_layout(official)):
+            check_values(official, origins)
+            if model is None:
+                settings = {**_sibling_config(path, section, ACPredictorConfig), **overrides}
+                # Built on the CPU, not on meta: its RoPE step template is a plain tensor made at construction.
+                model = ACPredictor(infer_ac_predictor_config(official, **settings))
+            load_official_state_dict(model, official, source)
+            return model
+        if model is not None:
+            log.info("loading %s from %s into %s", which, path, type(model).__name__)
+            return load_converted(model, part_dict, source)
+        # Built on meta, the model adopts the file's tensors: no random init, no second copy (giant: 1B params).
+        if section == "predictor":
+            settings = {**_sibling_config(path, section, PredictorConfig), **overrides}
+            with torch.device("meta"):
+                model = MaskedPredictor(infer_predictor_config(official, **settings))
+        else:
+            settings = {**_sibling_config(path, section, ViTConfig), **overrides}
+            with torch.device("meta"):
+                model = VisionTransformer(infer_encoder_config(official, **settings))
+        return load_converted(model, part_dict, source, assign=True)
 
 
 def load_official_checkpoint(
