@@ -14,7 +14,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from jepa_world.models.official import CheckpointMismatchError, convert_checkpoint, load_official_checkpoint
+from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
+from jepa_world.models.official import (
+    OFFICIAL_AC_GRID_HW,
+    CheckpointMismatchError,
+    convert_checkpoint,
+    load_official_checkpoint,
+)
 from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer, sincos_table
 
@@ -236,6 +242,11 @@ def test_ijepa_layout_with_sincos_table_and_single_mask_token(tmp_path):
         torch.testing.assert_close(loaded(image), enc(image))
     loaded_pred = load_official_checkpoint(path, "predictor", num_heads=4, pos_embed="sincos")
     torch.testing.assert_close(loaded_pred.mask_tokens[0], pred.mask_tokens[0])
+    # An explicit pos_embed decides: told RoPE, the same file drops its table and rotates instead.
+    told_rope = load_official_checkpoint(path, "target_encoder", pos_embed="rope")
+    assert told_rope.cfg.pos_embed == "rope"
+    with torch.no_grad():
+        torch.testing.assert_close(told_rope(image), tiny_encoder(3, patch_embed="2d")(image))
     # A learned (non-sincos) table would silently change outputs if dropped: refuse it.
     enc_state["module.pos_embed"] = torch.randn(1, 16, 192)
     torch.save({"encoder": enc_state}, path)
@@ -308,3 +319,149 @@ def test_convert_all_when_encoder_and_target_share_storage(sources, tmp_path):
     for part in ("encoder", "target_encoder"):
         torch.testing.assert_close(encode(load_official_checkpoint(out, which=part), sources),
                                    encode(sources["encoder"], sources), rtol=0, atol=1e-6)
+
+
+def test_a_stored_pos_embed_keeps_a_video_encoder_rope_unless_told(tmp_path, sources, caplog):
+    """Released V-JEPA 2 files carry a pos_embed table their RoPE encoders never add; the official hub
+    loader builds RoPE and ignores it. So do we, and an explicit pos_embed='sincos' decides otherwise."""
+    rope = tiny_encoder(21)
+    state = official_layout(rope)
+    state["module.backbone.pos_embed"] = sincos_table((2, 4, 4), 192).unsqueeze(0)
+    path = tmp_path / "vitt-rope-with-table.pt"
+    torch.save({"encoder": state}, path)
+    with caplog.at_level(logging.INFO, logger="jepa_world.models.official"):
+        loaded = load_official_checkpoint(path, "encoder")
+    assert loaded.cfg.pos_embed == "rope"
+    assert "--pos-embed sincos" in caplog.text and "dropping pos_embed from the checkpoint: the model uses RoPE" in caplog.text
+    torch.testing.assert_close(encode(loaded, sources), encode(rope, sources), rtol=0, atol=0)
+    told = load_official_checkpoint(path, "encoder", pos_embed="sincos", num_frames=4)
+    assert (told.cfg.pos_embed, told.cfg.img_size) == ("sincos", 32)  # the table fixes the nominal grid
+    sincos = tiny_encoder(21, pos_embed="sincos")  # the same weights, positions added from the table
+    torch.testing.assert_close(encode(told, sources), encode(sincos, sources))
+    assert not torch.allclose(encode(told, sources), encode(rope, sources), atol=1e-3)
+    out = convert_checkpoint(path, tmp_path / "sincos", "encoder", encoder_overrides={"pos_embed": "sincos", "num_frames": 4})
+    assert json.loads((out / "config.json").read_text())["encoder"]["pos_embed"] == "sincos"
+    torch.testing.assert_close(encode(load_official_checkpoint(out, "encoder"), sources), encode(sincos, sources))
+
+
+def test_a_width_outside_the_size_tables_needs_its_head_count(tmp_path, sources):
+    odd = tiny_encoder(31, embed_dim=160, depth=2, num_heads=5, mlp_hidden_dim=320)
+    path = tmp_path / "odd.pt"
+    torch.save({"encoder": official_layout(odd), "predictor": official_layout(sources["predictor"])}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"odd.pt \[encoder\]: cannot tell the head count of a 160-wide "
+                                                      r"encoder.*10 \(head_dim 16\) or 5 \(head_dim 32\) or 2 "
+                                                      r"\(head_dim 80\).*--num-heads"):
+        load_official_checkpoint(path, "encoder")
+    torch.testing.assert_close(encode(load_official_checkpoint(path, "encoder", num_heads=5), sources), encode(odd, sources))
+    with pytest.raises(CheckpointMismatchError, match=r"48-wide predictor.*--predictor-num-heads"):
+        convert_checkpoint(path, tmp_path / "out", "predictor")
+    # The released predictor width keeps its 12 heads; registry encoder widths keep theirs (tests above).
+    released = small_predictor(32, dim=384, depth=1, num_heads=12)
+    torch.save({"predictor": official_layout(released)}, path)
+    built = load_official_checkpoint(path, "predictor")
+    assert built.cfg.num_heads == 12
+    torch.testing.assert_close(predict(built, sources, 1), predict(released, sources, 1))
+
+
+def test_non_finite_and_integer_weights_are_refused_by_key(tmp_path, sources):
+    state = official_layout(sources["encoder"])
+    state["module.backbone.blocks.3.attn.proj.weight"][0, 0] = float("inf")
+    path = tmp_path / "inf.pt"
+    torch.save({"encoder": state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"inf.pt \[encoder\]: 'blocks.3.attn.proj.weight' holds 1 non-finite"):
+        load_official_checkpoint(path, "encoder")
+    state = official_layout(sources["encoder"])
+    state["module.backbone.norm.bias"] = state["module.backbone.norm.bias"].long()
+    torch.save({"encoder": state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"'norm.bias' has dtype torch.int64"):
+        load_official_checkpoint(path, "encoder", model=tiny_encoder(seed=0))
+
+
+# --------------------------------------------------------------------------- V-JEPA 2-AC predictors
+
+AC_FIELDS = dict(encoder_dim=192, action_dim=7, state_dim=7, extrinsics_dim=6, grid_hw=(4, 4), dim=96, depth=2, num_heads=4)
+
+
+def ac_predictor(seed: int, **overrides) -> ACPredictor:
+    # Built on the CPU: ACPredictor computes its RoPE step template at construction.
+    return random_weights(ACPredictor(ACPredictorConfig(**{**AC_FIELDS, **overrides})), seed)
+
+
+def ac_inputs(steps: int = 3):
+    generator = torch.Generator().manual_seed(5)
+    return (torch.randn(2, steps, 16, 192, generator=generator), torch.randn(2, steps, 7, generator=generator),
+            torch.randn(2, steps, 7, generator=generator))
+
+
+@pytest.fixture(scope="module")
+def ac_file(sources, tmp_path_factory):
+    """An official vjepa2_ac training checkpoint: RoPE encoders that still store a pos_embed table, and
+    the action-conditioned predictor (action, state and unused extrinsics projections)."""
+    encoder = official_layout(sources["encoder"])
+    encoder["module.backbone.pos_embed"] = sincos_table((2, 4, 4), 192).unsqueeze(0)
+    predictor = ac_predictor(41)
+    path = tmp_path_factory.mktemp("ac") / "vjepa2-ac-vitt.pt"
+    torch.save({"encoder": encoder, "target_encoder": encoder, "predictor": official_layout(predictor),
+                "opt": {"state": {}, "param_groups": []}, "epoch": 1}, path)
+    return path, predictor
+
+
+@torch.no_grad()
+def test_official_ac_predictor_loads_into_ac_predictor(ac_file):
+    path, source = ac_file
+    loaded = load_official_checkpoint(path, "predictor", grid_hw=(4, 4)).eval()
+    assert isinstance(loaded, ACPredictor)
+    cfg = loaded.config
+    assert (cfg.dim, cfg.depth, cfg.num_heads, cfg.action_dim, cfg.state_dim, cfg.extrinsics_dim) == (96, 2, 4, 7, 7, 6)
+    assert not cfg.predict_residual  # the official predictor is absolute
+    z, actions, states = ac_inputs()
+    torch.testing.assert_close(loaded(z, actions, states), source(z, actions, states), rtol=0, atol=0)
+    assert load_official_checkpoint(path, "predictor").config.grid_hw == OFFICIAL_AC_GRID_HW  # weights cannot tell
+    into = ac_predictor(0)
+    load_official_checkpoint(path, "predictor", model=into)
+    torch.testing.assert_close(into.eval()(z, actions, states), source(z, actions, states), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"action_dim=7.*action_dim=3"):  # the AC loader's own check
+        load_official_checkpoint(path, "predictor", model=ac_predictor(0, action_dim=3))
+
+
+@torch.no_grad()
+def test_convert_all_writes_an_ac_directory_our_loaders_read(ac_file, sources, tmp_path):
+    path, source = ac_file
+    out = convert_checkpoint(path, tmp_path / "ours", "all", predictor_overrides={"grid_hw": (4, 4)})
+    config = json.loads((out / "config.json").read_text())
+    assert config["parts"] == ["target_encoder", "encoder", "predictor"]
+    assert config["encoder"]["pos_embed"] == "rope"
+    assert config["predictor"]["grid_hw"] == [4, 4] and config["predictor"]["action_dim"] == 7
+    assert "predictor.action_encoder.weight" in load_file(str(out / "model.safetensors"))
+    predictor = load_official_checkpoint(out, "predictor").eval()  # exact config from config.json
+    z, actions, states = ac_inputs()
+    torch.testing.assert_close(predictor(z, actions, states), source(z, actions, states), rtol=0, atol=0)
+    torch.testing.assert_close(encode(load_official_checkpoint(out, "encoder"), sources), encode(sources["encoder"], sources))
+
+
+def test_convert_script_converts_an_ac_predictor(ac_file, tmp_path):
+    path, source = ac_file
+    out = tmp_path / "ac"
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "convert_checkpoint.py"), str(path), str(out), "--which", "predictor",
+         "--ac-grid-hw", "4", "4"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "config.json").read_text())["predictor"]["grid_hw"] == [4, 4]
+    tensors = load_file(str(out / "model.safetensors"))
+    torch.testing.assert_close(tensors["predictor.extrinsics_encoder.weight"], source.extrinsics_encoder.weight)
+
+
+def test_ac_predictor_errors_name_the_width_and_the_key(tmp_path):
+    path = tmp_path / "ac.pt"
+    odd = ac_predictor(43, dim=80)
+    torch.save({"predictor": official_layout(odd)}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"80-wide AC predictor.*--predictor-num-heads"):
+        load_official_checkpoint(path, "predictor")
+    assert load_official_checkpoint(path, "predictor", num_heads=4).config.num_heads == 4
+    state = official_layout(odd)
+    state["module.backbone.action_encoder.bias"][3] = float("nan")
+    torch.save({"predictor": state}, path)
+    with pytest.raises(CheckpointMismatchError, match=r"\[predictor\]: 'action_encoder.bias' holds 1 non-finite"):
+        load_official_checkpoint(path, "predictor", num_heads=4)
