@@ -3,6 +3,7 @@
 The official-layout files are produced here from our models with hand-written renames (the
 inverse of what the loader does), saved in the official container format, and loaded back.
 """
+import importlib
 import json
 import logging
 import os
@@ -33,14 +34,14 @@ class Payload:
     """An arbitrary object: weights_only loading must refuse to unpickle it."""
 
 
-def random_weights(module: torch.nn.Module, seed: int) -> torch.nn.Module:
+def random_weights(module: torch.nn.Module, seed: int, std: float = 0.05) -> torch.nn.Module:
     """Fill a meta-built module with random weights; much faster than trunc-normal init on a
     loaded 2-core machine, and LayerNorm/bias values are random too, so every key matters."""
     module = module.to_empty(device="cpu")
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for param in module.parameters():
-            param.normal_(0.0, 0.05, generator=generator)
+            param.normal_(0.0, std, generator=generator)
     return module.eval()
 
 
@@ -382,9 +383,14 @@ def test_non_finite_and_integer_weights_are_refused_by_key(tmp_path, sources):
 AC_FIELDS = dict(encoder_dim=192, action_dim=7, state_dim=7, extrinsics_dim=6, grid_hw=(4, 4), dim=96, depth=2, num_heads=4)
 
 
+# At std 0.05 the LayerNorm gains are so small that attention barely moves the output (a wrong RoPE
+# layout changes it by 3e-6 relative); at 0.3 it changes it by 5e-2, so outputs test every part.
+AC_WEIGHT_STD = 0.3
+
+
 def ac_predictor(seed: int, **overrides) -> ACPredictor:
     # Built on the CPU: ACPredictor computes its RoPE step template at construction.
-    return random_weights(ACPredictor(ACPredictorConfig(**{**AC_FIELDS, **overrides})), seed)
+    return random_weights(ACPredictor(ACPredictorConfig(**{**AC_FIELDS, **overrides})), seed, AC_WEIGHT_STD)
 
 
 def ac_inputs(steps: int = 3):
@@ -451,6 +457,31 @@ def test_convert_script_converts_an_ac_predictor(ac_file, tmp_path):
     assert json.loads((out / "config.json").read_text())["predictor"]["grid_hw"] == [4, 4]
     tensors = load_file(str(out / "model.safetensors"))
     torch.testing.assert_close(tensors["predictor.extrinsics_encoder.weight"], source.extrinsics_encoder.weight)
+
+
+VJEPA2_SRC = os.environ.get("VJEPA2_SRC")
+
+
+@pytest.mark.skipif(not VJEPA2_SRC, reason="set VJEPA2_SRC to a checkout of facebookresearch/vjepa2 to compare "
+                                           "with the official AC predictor's forward")
+@torch.no_grad()
+def test_converted_ac_predictor_matches_the_official_forward(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(VJEPA2_SRC)
+    official = importlib.import_module("src.models.ac_predictor")
+    reference = official.vit_ac_predictor(img_size=(32, 32), patch_size=8, num_frames=6, tubelet_size=2, embed_dim=192,
+                                          predictor_embed_dim=96, depth=2, num_heads=4)
+    reference = random_weights(reference, 44, AC_WEIGHT_STD)
+    path = tmp_path / "vjepa2-ac.pt"
+    torch.save({"predictor": official_layout(reference)}, path)
+    z, actions, states = ac_inputs()
+    expected = reference(z.flatten(1, 2), actions, states)  # (B, T*N, D)
+
+    def relative_error(**overrides) -> float:
+        ours = load_official_checkpoint(path, "predictor", grid_hw=(4, 4), **overrides).eval()
+        return ((ours(z, actions, states).flatten(1, 2) - expected).norm() / expected.norm()).item()
+
+    assert relative_error() < 1e-6  # measured: 0 (bit-identical)
+    assert relative_error(rope_layout="interleaved") > 1e-2  # the comparison sees a wrong rotation
 
 
 def test_ac_predictor_errors_name_the_width_and_the_key(tmp_path):
