@@ -1,21 +1,36 @@
-"""LeRobot v3.0 writer and v2.1/v3.0 reader: layout, exact round trip, crash safety, bad files."""
+"""LeRobot v3.0 writer and v2.1/v3.0 reader: layout, exact round trip, crash safety, bad files, codecs,
+image stats and image-dtype cameras."""
 
+import io
 import json
+import re
+from pathlib import Path
 
+import av
 import decord
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+from PIL import Image
 
+from jepa_world.data.collection import config_from_hydra
 from jepa_world.data.lerobot import (
+    QUANTILES,
     DatasetFormatError,
     EpisodeRecord,
     LeRobotWriter,
+    image_stats,
     read_columns,
     read_meta,
+    upgrade_episode_stats,
     write_video,
 )
+from jepa_world.data.trajectory import TrajectoryDataset
+from jepa_world.data.trajectory_clips import TrajectoryClipDataset
+from jepa_world.data.video import PyAVFrameReader, VideoFolderDataset, open_frame_reader
 
 
 def moving_square_frames(length: int, offset: int, size: int = 64) -> np.ndarray:
@@ -257,3 +272,181 @@ def test_writer_rejects_mismatched_episode(tmp_path):
     assert writer.num_episodes == 0 and not (tmp_path / "data").exists()
     with pytest.raises(ValueError, match="even"):
         write_video(tmp_path / "odd.mp4", np.zeros((2, 63, 64, 3), np.uint8), fps=10)
+
+
+AV1_DECODERS = {"libdav1d", "libaom-av1"} & av.codecs_available
+
+
+@pytest.mark.skipif("libsvtav1" not in av.codecs_available or not AV1_DECODERS,
+                    reason=f"PyAV here lacks an AV1 encoder (libsvtav1) or decoder (libdav1d/libaom-av1): {sorted(av.codecs_available & {'libsvtav1', 'libdav1d', 'libaom-av1'})}")
+def test_av1_dataset_packing_several_episodes_per_file_is_read_through_pyav(tmp_path):
+    """LeRobot's default codec: decord cannot open AV1, so the reader falls back to PyAV and seeks by timestamp."""
+    rng = np.random.default_rng(9)
+    writer = make_writer(tmp_path, vcodec="libsvtav1", crf=20)
+    a, b = make_record(rng, 8, 0), make_record(rng, 6, 20)  # squares 20 px apart
+    writer.add_episode(a)
+    writer.add_episode(b)
+    video = tmp_path / "videos/observation.images.main/chunk-000/file-000.mp4"
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert info["features"]["observation.images.main"]["info"]["video.codec"] == "av1"
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].codec_context.name in AV1_DECODERS | {"av1"}
+    with pytest.raises(decord.DECORDError):
+        decord.VideoReader(str(video))
+    assert isinstance(open_frame_reader(video), PyAVFrameReader)
+
+    # Pack both episodes into file-000, as LeRobot does: episode 1's frames start at 0.8 s in the video.
+    data = [pq.read_table(tmp_path / f"data/chunk-000/file-00{i}.parquet") for i in range(2)]
+    pq.write_table(pa.concat_tables(data), tmp_path / "data/chunk-000/file-000.parquet")
+    write_video(video, np.concatenate([a.frames["main"], b.frames["main"]]), fps=10, vcodec="libsvtav1", crf=20, gop=4)
+    episodes_path = tmp_path / "meta/episodes/chunk-000/file-000.parquet"
+    rows = pq.read_table(episodes_path).to_pylist()
+    rows[1].update({"data/file_index": 0, "videos/observation.images.main/file_index": 0,
+                    "videos/observation.images.main/from_timestamp": 0.8})
+    pq.write_table(pa.Table.from_pylist(rows), episodes_path)
+    ds = TrajectoryDataset(tmp_path, num_frames=3, split="all", cache_frames=False)
+    errors = {}
+    for index, record, first in ((0, a, 0), (len(ds) - 1, b, 3)):
+        frames = ds[index]["frames"].permute(0, 2, 3, 1).numpy().astype(int)
+        errors[index] = np.abs(frames - record.frames["main"][first: first + 3]).mean()
+        assert errors[index] < 4.0  # AV1 at crf 20
+    ignoring_offset = a.frames["main"][3:6]  # what a reader that ignored from_timestamp would return
+    wrong = np.abs(ds[len(ds) - 1]["frames"].permute(0, 2, 3, 1).numpy().astype(int) - ignoring_offset).mean()
+    assert wrong > 2 * errors[len(ds) - 1]
+    # Pretraining on a folder of such videos goes through the same fallback.
+    clips = VideoFolderDataset(video.parent, frames_per_clip=4, frame_step=2, resolution=32, crop_scale=None, hflip=False)
+    assert clips[0].shape == (3, 4, 32, 32)
+
+
+def test_image_stats_are_lerobots_per_channel_stats_of_every_frame(tmp_path):
+    rng = np.random.default_rng(10)
+    frames = rng.integers(0, 256, (7, 16, 16, 3), dtype=np.uint8)
+    frames[..., 2] //= 4  # channels with different ranges
+    stats = image_stats(frames)
+    values = frames.reshape(-1, 3) / 255.0
+    assert stats["count"] == [7]
+    for key, expected in [("min", values.min(0)), ("max", values.max(0)), ("mean", values.mean(0)),
+                          ("std", values.std(0)), *[(k, np.quantile(values, q, axis=0)) for k, q in QUANTILES.items()]]:
+        assert np.shape(stats[key]) == (3, 1, 1), key
+        np.testing.assert_allclose(np.ravel(stats[key]), expected, rtol=0, atol=1e-12, err_msg=key)
+
+    writer = make_writer(tmp_path)
+    records = [make_record(rng, n, i) for i, n in enumerate((6, 9))]
+    for record in records:
+        writer.add_episode(record)
+    saved = json.loads((tmp_path / "meta/stats.json").read_text())
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert set(saved) == set(info["features"])  # every feature, as LeRobot's compute_stats gives
+    all_frames = np.concatenate([r.frames["main"] for r in records]).reshape(-1, 3) / 255.0
+    np.testing.assert_allclose(np.ravel(saved["observation.images.main"]["mean"]), all_frames.mean(0), atol=1e-12)
+    np.testing.assert_allclose(np.ravel(saved["observation.images.main"]["std"]), all_frames.std(0), atol=1e-12)
+    assert saved["observation.images.main"]["count"] == [15] and saved["next.success"]["max"] == [1.0]
+
+
+def png_bytes(frame: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_image_dtype_dataset_is_read(tmp_path):
+    """LeRobot's "image" dtype: PNG bytes in a struct<bytes, path> column of the data parquet, no videos."""
+    rng = np.random.default_rng(11)
+    key = "observation.images.top"
+    lengths = [6, 5]
+    frames = [moving_square_frames(n, 5 * ep, size=32) for ep, n in enumerate(lengths)]
+    actions = [rng.normal(size=(n, 2)).astype(np.float32) for n in lengths]
+    info = {"codebase_version": "v3.0", "fps": 10, "chunks_size": 1000, "video_path": None,
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "features": {key: {"dtype": "image", "shape": [32, 32, 3], "names": ["height", "width", "channels"]},
+                         "observation.state": {"dtype": "float32", "shape": [2]},
+                         "action": {"dtype": "float32", "shape": [2]}}}
+    (tmp_path / "meta/episodes/chunk-000").mkdir(parents=True)
+    (tmp_path / "meta/info.json").write_text(json.dumps(info))
+    (tmp_path / "data/chunk-000").mkdir(parents=True)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    images = [{"bytes": png_bytes(f), "path": f"frame_{i:06d}.png"} for ep in frames for i, f in enumerate(ep)]
+    pq.write_table(pa.table({  # both episodes in one file, as LeRobot packs them
+        key: pa.array(images, image_type),
+        "observation.state": pa.array(np.concatenate(actions).tolist(), pa.list_(pa.float32())),
+        "action": pa.array(np.concatenate(actions).tolist(), pa.list_(pa.float32())),
+        "episode_index": pa.array([ep for ep, n in enumerate(lengths) for _ in range(n)], pa.int64()),
+        "frame_index": pa.array([i for n in lengths for i in range(n)], pa.int64()),
+    }), tmp_path / "data/chunk-000/file-000.parquet")
+    pq.write_table(pa.Table.from_pylist([
+        {"episode_index": ep, "tasks": ["t"], "length": n, "data/chunk_index": 0, "data/file_index": 0,
+         "dataset_from_index": sum(lengths[:ep]), "dataset_to_index": sum(lengths[: ep + 1])}
+        for ep, n in enumerate(lengths)]), tmp_path / "meta/episodes/chunk-000/file-000.parquet")
+
+    ds = TrajectoryDataset(tmp_path, num_frames=3, split="all")
+    assert ds.video_key == key and len(ds) == 4 + 3
+    item = ds[len(ds) - 1]  # episode 1, frames 2..4
+    assert item["episode_index"] == 1 and item["frame_index"] == 2
+    np.testing.assert_array_equal(item["frames"].permute(0, 2, 3, 1).numpy(), frames[1][2:5])  # PNG is lossless
+    np.testing.assert_array_equal(item["actions"].numpy(), actions[1][2:4])
+    clips = TrajectoryClipDataset(tmp_path, frames_per_clip=3, resolution=16, crop_scale=None, split="all")
+    assert clips[0].shape == (3, 3, 16, 16)
+
+    table = pq.read_table(tmp_path / "data/chunk-000/file-000.parquet")
+    broken = table[key].to_pylist()
+    broken[8]["bytes"] = b"not a png"  # episode 1, frame 2
+    table = table.set_column(table.schema.get_field_index(key), key, pa.array(broken, image_type))
+    pq.write_table(table, tmp_path / "data/chunk-000/file-000.parquet")
+    with pytest.raises(DatasetFormatError, match=r"file-000\.parquet: cannot decode image .* episode 1 frame 2"):
+        TrajectoryDataset(tmp_path, num_frames=3, split="all")[len(ds) - 1]
+
+
+def test_yuv420p_option_writes_browser_playable_h264(tmp_path):
+    writer = make_writer(tmp_path, crf=18, pix_fmt="yuv420p")
+    writer.add_episode(make_record(np.random.default_rng(12), 6, 0))
+    info = json.loads((tmp_path / "meta/info.json").read_text())
+    assert info["features"]["observation.images.main"]["info"]["video.pix_fmt"] == "yuv420p"
+    with av.open(str(tmp_path / "videos/observation.images.main/chunk-000/file-000.mp4")) as container:
+        codec = container.streams.video[0].codec_context
+        assert (codec.name, codec.pix_fmt, codec.profile) == ("h264", "yuv420p", "High")  # what browsers decode
+    with pytest.raises(ValueError, match=r"crf=0.*High 4:4:4 Predictive"):
+        make_writer(tmp_path / "lossless", crf=0, pix_fmt="yuv420p")
+    with pytest.raises(ValueError, match=r"pix_fmt='yuv444p': libsvtav1 writes \('yuv420p',\)"):
+        make_writer(tmp_path / "av1", vcodec="libsvtav1", pix_fmt="yuv444p")
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("collect", overrides=["pix_fmt=yuv420p", "crf=18"])
+    config = config_from_hydra(OmegaConf.to_container(cfg, resolve=True))
+    assert (config.pix_fmt, config.crf, config.vcodec) == ("yuv420p", 18, "libx264")
+    config.validate()
+    config.crf = 0
+    with pytest.raises(ValueError, match="use crf >= 1"):
+        config.validate()
+
+
+def test_dataset_with_stats_of_action_and_state_only_is_read_and_upgraded(tmp_path):
+    """Datasets of older jepa_world versions: readable as they are; the writer names the conversion."""
+    rng = np.random.default_rng(13)
+    writer = make_writer(tmp_path, crf=0)  # lossless: decoded frames are within 2 levels of the render
+    for i in range(2):
+        writer.add_episode(make_record(rng, 7 + i, i))
+    episodes_path = tmp_path / "meta/episodes/chunk-000/file-000.parquet"
+    complete = pq.read_table(episodes_path).to_pylist()
+    complete_stats = json.loads((tmp_path / "meta/stats.json").read_text())
+    old_stats = ("stats/action/", "stats/observation.state/")
+    old_rows = [{k: v for k, v in row.items() if not k.startswith("stats/") or k.startswith(old_stats)} for row in complete]
+    pq.write_table(pa.Table.from_pylist(old_rows), episodes_path)
+    (tmp_path / "meta/stats.json").write_text(json.dumps({k: complete_stats[k] for k in ("action", "observation.state")}))
+
+    assert [e.extra["policy"] for e in read_meta(tmp_path).episodes] == ["expert", "expert"]
+    assert len(TrajectoryDataset(tmp_path, num_frames=2, split="all")) == 6 + 7
+    with pytest.raises(DatasetFormatError, match=r"no per-episode stats of \['observation.images.main', "
+                                                 r"'next.reward'.*upgrade_episode_stats\('" + re.escape(str(tmp_path))):
+        make_writer(tmp_path, crf=0)
+
+    upgrade_episode_stats(tmp_path)
+    upgraded = pq.read_table(episodes_path).to_pylist()
+    assert [set(row) for row in upgraded] == [set(row) for row in complete]
+    for new, old in zip(upgraded, complete):
+        for column, value in old.items():
+            if column.startswith("stats/observation.images.main/") and not column.endswith("/count"):
+                np.testing.assert_allclose(new[column], value, atol=2.01 / 255)  # from the decoded video
+            else:
+                assert new[column] == value, column
+    assert json.loads((tmp_path / "meta/stats.json").read_text())["next.reward"] == complete_stats["next.reward"]
+    assert make_writer(tmp_path, crf=0).add_episode(make_record(rng, 5, 2)) == 2

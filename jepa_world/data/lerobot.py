@@ -644,7 +644,8 @@ def read_columns(meta: DatasetMeta, columns: list[str]) -> dict[int, dict[str, n
         if not file.is_file():
             raise DatasetFormatError(f"{where} is missing")
         try:
-            table = pq.read_table(file, columns=["episode_index", "frame_index", *columns])
+            # dict.fromkeys: the index columns may themselves be asked for, and parquet refuses duplicates.
+            table = pq.read_table(file, columns=list(dict.fromkeys(["episode_index", "frame_index", *columns])))
         except (pa.ArrowException, OSError) as e:
             raise DatasetFormatError(f"cannot read {where}: {e}") from e
         episode_ids = table["episode_index"].to_numpy()
