@@ -168,11 +168,16 @@ def main() -> None:
     parser.add_argument("--contexts", type=int, nargs="+", default=[1], help="context frames fed before planning")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--compile", action="store_true",
+                        help="time the KV-cached rollout through ACPredictor.compile_decoding() (torch.compile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     wm, model_name = default_world_model(args.model)
+    if args.compile:
+        wm.predictor.compile_decoding()
+        model_name += ", compiled decoding"
     cfg = planner_config(args.planner, {"samples": args.samples, "iterations": args.iterations})
     env = envs.make("reach", image_size=ev.model_image_size(wm) or 64)
     observation, _ = env.reset(seed=0)
