@@ -31,6 +31,7 @@ from jepa_world.data.lerobot import (
 from jepa_world.data.trajectory import TrajectoryDataset
 from jepa_world.data.trajectory_clips import TrajectoryClipDataset
 from jepa_world.data.video import PyAVFrameReader, VideoFolderDataset, open_frame_reader
+from jepa_world.training.posttrain import dataset_dims
 
 
 def moving_square_frames(length: int, offset: int, size: int = 64) -> np.ndarray:
@@ -386,6 +387,7 @@ def test_image_dtype_dataset_is_read(tmp_path):
     np.testing.assert_array_equal(item["actions"].numpy(), actions[1][2:4])
     clips = TrajectoryClipDataset(tmp_path, frames_per_clip=3, resolution=16, crop_scale=None, split="all")
     assert clips[0].shape == (3, 3, 16, 16)
+    assert dataset_dims(tmp_path, None) == (2, 2, 32)  # post-training sizes its model from an image camera too
 
     table = pq.read_table(tmp_path / "data/chunk-000/file-000.parquet")
     broken = table[key].to_pylist()

@@ -554,6 +554,21 @@ class DatasetMeta:
     def camera_keys(self) -> list[str]:
         return [k for k, f in self.features.items() if f.get("dtype") in CAMERA_DTYPES]
 
+    def camera_key(self, camera: str | None) -> str:
+        """The feature key of ``camera`` (a full key or the name after ``observation.images.``); None picks
+        the only camera, and is an error when there are several."""
+        keys = self.camera_keys
+        if not keys:
+            raise DatasetFormatError(f"{self.root}: no video or image features in meta/info.json; a camera is needed")
+        if camera is None:
+            if len(keys) > 1:
+                raise ValueError(f"{self.root}: several cameras {keys}; pass camera= one of them")
+            return keys[0]
+        for key in (camera, f"observation.images.{camera}"):
+            if key in keys:
+                return key
+        raise ValueError(f"{self.root}: camera {camera!r} not found; available: {keys}")
+
     @property
     def action_state_map(self) -> tuple[int, ...] | None:
         """The state dim each action dim displaces, as collect.py recorded it from the env

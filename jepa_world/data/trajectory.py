@@ -94,7 +94,7 @@ class TrajectoryDataset(Dataset):
         self.num_frames, self.frame_step, self.action_merge = num_frames, frame_step, action_merge
         self.max_open_videos = max_open_videos
         self.meta: DatasetMeta = read_meta(self.root)
-        self.video_key = self._pick_camera(camera)
+        self.video_key = self.meta.camera_key(camera)
         for key in (action_key, state_key):
             if key not in self.meta.features:
                 raise DatasetFormatError(f"{self.root / 'meta' / 'info.json'}: no feature {key!r} "
@@ -126,20 +126,6 @@ class TrajectoryDataset(Dataset):
         self._frame_cache: dict[int, np.ndarray] = {}
         log.info("%s: %d %s episodes, %d windows of %d frames (step %d), camera %s", self.root, len(self.episodes),
                  split, len(self), num_frames, frame_step, self.video_key)
-
-    def _pick_camera(self, camera: str | None) -> str:
-        keys = self.meta.camera_keys
-        if not keys:
-            raise DatasetFormatError(f"{self.root}: no video or image features in meta/info.json; "
-                                     "TrajectoryDataset needs a camera")
-        if camera is None:
-            if len(keys) > 1:
-                raise ValueError(f"{self.root}: several cameras {keys}; pass camera= one of them")
-            return keys[0]
-        for key in (camera, f"observation.images.{camera}"):
-            if key in keys:
-                return key
-        raise ValueError(f"{self.root}: camera {camera!r} not found; available: {keys}")
 
     def __len__(self) -> int:
         return int(self._window_end[-1])

@@ -285,11 +285,7 @@ def dataset_dims(data: str | Path, camera: str | None) -> tuple[int, int, int]:
         state_dim = int(features["observation.state"]["shape"][0])
     except (KeyError, IndexError, TypeError) as err:
         raise DatasetFormatError(f"{Path(data) / 'meta' / 'info.json'}: no action/observation.state shapes ({err})") from err
-    video_keys = meta.video_keys
-    key = camera if camera in video_keys else f"observation.images.{camera}" if camera else None
-    key = key if key in video_keys else (video_keys[0] if video_keys and camera is None else None)
-    if key is None:
-        raise DatasetFormatError(f"{data}: camera {camera!r} not among the videos {video_keys}")
+    key = meta.camera_key(camera)
     height, width = (int(v) for v in features[key]["shape"][:2])
     if height != width:
         raise DatasetFormatError(f"{data}: {key} frames are {height}x{width}; the world model expects square frames")
