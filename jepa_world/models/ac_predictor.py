@@ -220,8 +220,8 @@ class ACPredictor(nn.Module):
         """(B,T,N,De), (B,T,A), (B,T,S) -> interleaved tokens (B, T*n, D)."""
         tokens = [self.action_encoder(actions).unsqueeze(2)]  # (B, T, 1, D)
         if self.state_encoder is not None:
-            tokens.append(self.state_encoder(states).unsqueeze(2))
-        tokens.append(self.predictor_embed(z))  # (B, T, N, D)
+            tokens.append(embed_shared_rows(self.state_encoder, states).unsqueeze(2))
+        tokens.append(embed_shared_rows(self.predictor_embed, z))  # (B, T, N, D)
         return torch.cat(tokens, dim=2).flatten(1, 2)
 
     def read_out(self, x: Tensor, z: Tensor) -> Tensor:
@@ -296,6 +296,16 @@ class ACPredictor(nn.Module):
         weights needs no recompile.
         """
         self._compiled_decode = torch.compile(self._decode_steps)
+
+
+def embed_shared_rows(layer: nn.Linear, x: Tensor) -> Tensor:
+    """``layer(x)``, computed once when ``x`` is one row broadcast over the batch (stride 0).
+
+    A rollout's shared context frame and state reach the predictor as ``expand(S, ...)`` views; a
+    Linear on such a view runs S identical products (a bmm over a broadcast weight)."""
+    if x.shape[0] > 1 and x.stride(0) == 0:
+        return layer(x[:1]).expand(x.shape[0], *([-1] * (x.dim() - 1)))
+    return layer(x)
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:
