@@ -42,3 +42,17 @@ def test_compiled_decoding_follows_new_weights() -> None:
                 parameter.mul_(1.5)
         compiled, eager = dynamics.rollout(z0, state0, actions), twin.rollout(z0, state0, actions)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_decoding_is_close_and_returns_the_input_dtype() -> None:
+    dynamics = small_dynamics()
+    z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)
+    with torch.no_grad():
+        full = dynamics.rollout(z0, state0, actions)
+        dynamics.predictor.autocast_decoding(torch.bfloat16)
+        low = dynamics.rollout(z0, state0, actions)
+        dynamics.predictor.autocast_decoding(None)
+        restored = dynamics.rollout(z0, state0, actions)
+    assert low.dtype == torch.float32
+    torch.testing.assert_close(low, full, atol=0.1, rtol=0.05)  # bf16 keeps ~3 significant digits
+    torch.testing.assert_close(restored, full, atol=0.0, rtol=0.0)

@@ -161,6 +161,7 @@ class ACPredictor(nn.Module):
             nn.init.zeros_(self.predictor_proj.weight)
         self._step_template = self._build_step_template()
         self._compiled_decode: Callable[..., Tensor] | None = None  # set by compile_decoding
+        self._decode_autocast: torch.dtype | None = None  # set by autocast_decoding
 
     @property
     def head_dim(self) -> int:
@@ -243,7 +244,10 @@ class ACPredictor(nn.Module):
         return self.read_out(x, z)
 
     def new_cache(self, batch: int, max_steps: int, like: Tensor) -> KVCache:
+        """An empty cache on ``like``'s device, in ``like``'s dtype or the autocast_decoding dtype."""
         c = self.config
+        if self._decode_autocast is not None:  # autocast writes k/v in this dtype; a wider buffer would cast them back
+            like = like.to(self._decode_autocast)
         return KVCache.allocate(c.depth, batch, c.num_heads, max_steps * c.step_tokens, self.head_dim, like)
 
     def forward_cached(self, z: Tensor, actions: Tensor, states: Tensor | None, cache: KVCache) -> Tensor:
@@ -266,9 +270,11 @@ class ACPredictor(nn.Module):
             causal = self.block_causal_mask(num_steps, z.device)
             mask = torch.cat([causal.new_ones(n_new, start), causal], dim=1)
         decode = self._compiled_decode or self._decode_steps
-        out = decode(z, actions, states, rope, cache.keys, cache.values, start, mask)
+        low_precision = self._decode_autocast is not None
+        with torch.autocast(z.device.type, dtype=self._decode_autocast, enabled=low_precision):
+            out = decode(z, actions, states, rope, cache.keys, cache.values, start, mask)
         cache.length, cache.steps = end, cache.steps + num_steps
-        return out
+        return out.to(z.dtype)
 
     def _decode_steps(self, z: Tensor, actions: Tensor, states: Tensor | None, rope: RopeTables,
                       keys: list[Tensor], values: list[Tensor], start: int, mask: Tensor | None) -> Tensor:
@@ -296,6 +302,18 @@ class ACPredictor(nn.Module):
         weights needs no recompile.
         """
         self._compiled_decode = torch.compile(self._decode_steps)
+
+    def autocast_decoding(self, dtype: torch.dtype | None = torch.bfloat16) -> None:
+        """Run ``forward_cached`` (the planner's rollout) under ``torch.autocast(dtype)`` from now on; None
+        restores full precision. Teacher-forced ``forward`` (training) is unaffected.
+
+        Not exact: on the 6 x 192 predictor, bf16 predictions differ from fp32 by 0.005 mean absolute
+        (layer-normed latents of mean magnitude 0.8). Faster only where the CPU multiplies bf16 in
+        hardware: with AMX (this machine's one core: bf16 matmul 1025 GFLOP/s, fp32 181) a 300-sample
+        rollout runs 2x faster eager and 2.6x compiled (docs/planning.md, Speed); without it, slower.
+        The KV cache is kept in ``dtype``; predictions come back in the input's dtype.
+        """
+        self._decode_autocast = dtype
 
 
 def embed_shared_rows(layer: nn.Linear, x: Tensor) -> Tensor:
