@@ -22,7 +22,9 @@ Configurations:
     token per frame (192-d), actions of 2 dims in blocks of 5. Its LeWM predictor (AdaLN-conditioned,
     history 3, no KV cache) and ours are built at equal depth, width, heads and MLP width (6 x 192,
     6 heads, MLP 768); the architectures differ, so parameters and FLOPs per call are printed beside.
-Ours is timed eager and with ``ACPredictor.compile_decoding()`` (torch.compile of the cached step).
+Ours is timed eager, with ``ACPredictor.compile_decoding()`` (torch.compile of the cached step), and
+compiled under ``ACPredictor.autocast_decoding(torch.bfloat16)`` (not exact; fast where the CPU has
+AMX); rollout-only rows add sample chunks (``rollout_chunk``) and eager bf16.
 
 Times are process CPU time per planning call (x threads = what an unstarved process would take),
 medians over ``--repeats`` calls taken round-robin so that load changes hit every path alike; wall
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import dataclasses
 import importlib
 import io
 import logging
@@ -107,9 +110,13 @@ def parameters_m(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
-def compiled_copy(dynamics: Dynamics) -> Dynamics:
+def fast_copy(dynamics: Dynamics, compiled: bool, low_precision: bool) -> Dynamics:
+    """A copy of ``dynamics`` whose predictor decodes through torch.compile and/or bf16 autocast."""
     fast = copy.deepcopy(dynamics)
-    fast.predictor.compile_decoding()
+    if compiled:
+        fast.predictor.compile_decoding()
+    if low_precision:
+        fast.predictor.autocast_decoding(torch.bfloat16)
     return fast
 
 
@@ -154,7 +161,7 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
 
     # Ours at the official's budget and box: xyz moves within +-maxnorm, no rotation, gripper +-0.75.
     dynamics = Dynamics(ours, DynamicsConfig(integrated_state_dims=tuple(range(action_dim))))
-    fast = compiled_copy(dynamics)
+    fast, fastest = fast_copy(dynamics, True, False), fast_copy(dynamics, True, True)
     planner = make_planner("cem", samples=samples, elites=10, iterations=iterations, momentum_mean=0.15,
                            momentum_std=0.15)
     high = np.array([0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75], dtype=np.float32)
@@ -170,20 +177,35 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
         return run
 
     fns = {"official V-JEPA 2-AC CEM": plan_official, "ours eager": plan_ours(dynamics),
-           "ours compiled": plan_ours(fast)}
+           "ours compiled": plan_ours(fast), "ours compiled, bf16 autocast": plan_ours(fastest)}
     times = round_robin(fns, repeats)
-    rollout_actions = torch.zeros(samples, horizon, action_dim)
-    with torch.no_grad():  # the compiled path does the same arithmetic; the counter sees only eager ops
-        flops = {"official V-JEPA 2-AC CEM": count_flops(plan_official), "ours eager": count_flops(plan_ours(dynamics))}
-        flops["ours compiled"] = flops["ours eager"]
-        rollout_flops = count_flops(lambda: dynamics.rollout(z0, pose0, rollout_actions))
-    rollouts = round_robin({"ours eager": lambda: dynamics.rollout(z0, pose0, rollout_actions),
-                            "ours compiled": lambda: fast.rollout(z0, pose0, rollout_actions)}, repeats)
-    rows = [Row(name, times[name][1], times[name][0], flops[name] / 1e9, parameters_m(official if i == 0 else ours))
-            for i, name in enumerate(fns)]
-    rows += [Row(f"{name}: rollout only (x{iterations})", cpu * iterations, wall * iterations,
-                 rollout_flops * iterations / 1e9, parameters_m(ours)) for name, (wall, cpu) in rollouts.items()]
+    with torch.no_grad():  # the other routes do the same arithmetic; the counter sees only eager fp32 ops
+        flops = {"official V-JEPA 2-AC CEM": count_flops(plan_official), "ours": count_flops(plan_ours(dynamics))}
+    rows = [Row(name, times[name][1], times[name][0], flops.get(name, flops["ours"]) / 1e9,
+                parameters_m(official if i == 0 else ours)) for i, name in enumerate(fns)]
+    rows += rollout_routes(dynamics, z0, pose0, torch.zeros(samples, horizon, action_dim), iterations, repeats)
     return rows, check
+
+
+def rollout_routes(dynamics: Dynamics, z0: Tensor, state0: Tensor, actions: Tensor, iterations: int,
+                   repeats: int) -> list[Row]:
+    """Our rollout alone by route, scaled to a planning call (x iterations): eager or compiled, fp32 or
+    bf16 autocast (not exact), and fp32 in sample chunks of 100 (``rollout_chunk``)."""
+    def chunked(model: Dynamics) -> Dynamics:
+        twin = copy.copy(model)  # shares the predictor (and its compiled step); only the chunking differs
+        twin.config = dataclasses.replace(model.config, rollout_chunk=100)
+        return twin
+
+    compiled = fast_copy(dynamics, True, False)
+    routes = {"eager": dynamics, "eager, chunks of 100": chunked(dynamics), "compiled": compiled,
+              "compiled, chunks of 100": chunked(compiled), "eager, bf16 autocast": fast_copy(dynamics, False, True),
+              "compiled, bf16 autocast": fast_copy(dynamics, True, True)}
+    fns = {name: (lambda m=model: m.rollout(z0, state0, actions)) for name, model in routes.items()}
+    with torch.no_grad():
+        flops = count_flops(lambda: dynamics.rollout(z0, state0, actions))
+        times = round_robin(fns, repeats)
+    return [Row(f"ours rollout only, {name} (x{iterations})", cpu * iterations, wall * iterations,
+                flops * iterations / 1e9, parameters_m(dynamics.predictor)) for name, (wall, cpu) in times.items()]
 
 
 # --------------------------------------------------------------------------- stable-worldmodel
@@ -212,7 +234,7 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
     ours = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=action_dim, grid_hw=(1, 1), dim=WIDTH,
                                          depth=DEPTH, num_heads=HEADS)).eval().requires_grad_(False)
     dynamics = Dynamics(ours, DynamicsConfig(), normalize_outputs=False)
-    fast = compiled_copy(dynamics)
+    fast, fastest = fast_copy(dynamics, True, False), fast_copy(dynamics, True, True)
     # stable-worldmodel samples unbounded N(mean, 1) candidates and refits without momentum; a +-3 box
     # with init_std 1/3 of its half range gives the same spread and almost never clips.
     planner = make_planner("cem", samples=samples, elites=30, iterations=iterations, momentum_mean=0.0,
@@ -231,14 +253,13 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
         return run
 
     fns = {"stable-worldmodel CEMSolver + LeWM": plan_swm, "ours eager": plan_ours(dynamics),
-           "ours compiled": plan_ours(fast)}
+           "ours compiled": plan_ours(fast), "ours compiled, bf16 autocast": plan_ours(fastest)}
     times = round_robin(fns, repeats)
-    with torch.no_grad():  # the compiled path does the same arithmetic; the counter sees only eager ops
-        flops = {name: count_flops(fn) for name, fn in fns.items() if name != "ours compiled"}
-    flops["ours compiled"] = flops["ours eager"]
-    params = {"stable-worldmodel CEMSolver + LeWM": parameters_m(predictor) + parameters_m(action_encoder)}
-    return [Row(name, times[name][1], times[name][0], flops[name] / 1e9, params.get(name, parameters_m(ours)))
-            for name in fns]
+    with torch.no_grad():  # the other routes do the same arithmetic; the counter sees only eager fp32 ops
+        flops = {"stable-worldmodel CEMSolver + LeWM": count_flops(plan_swm), "ours": count_flops(plan_ours(dynamics))}
+    anchor_params = parameters_m(predictor) + parameters_m(action_encoder)
+    return [Row(name, times[name][1], times[name][0], flops.get(name, flops["ours"]) / 1e9,
+                anchor_params if i == 0 else parameters_m(ours)) for i, name in enumerate(fns)]
 
 
 # --------------------------------------------------------------------------- report
@@ -267,9 +288,13 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    # Several compiled predictors (and chunk sizes) share _decode_steps' compile cache in this one
+    # process; past dynamo's default 8 entries it would silently fall back to eager.
+    torch._dynamo.config.recompile_limit = 64
     torch.manual_seed(0)
     peak = matmul_peak_gflops()
-    print(f"{args.threads} thread(s); fp32 matmul peak {peak:.0f} GFLOP/s (2048^2, from CPU time, this process)")
+    print(f"{args.threads} thread(s); matmul peak (2048^2, from CPU time, this process): fp32 {peak:.0f} GFLOP/s, "
+          f"bf16 {matmul_peak_gflops(dtype=torch.bfloat16):.0f} GFLOP/s; % of peak below is of the fp32 peak")
 
     try:
         rows, check = official_vs_ours(args.vjepa2, args.repeats, samples=300, iterations=10, horizon=2)

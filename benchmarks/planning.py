@@ -86,8 +86,8 @@ def timed(fn, repeats: int, warmup: bool = True) -> tuple[float, float]:
     return statistics.median(walls), statistics.median(cpus)
 
 
-def matmul_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
+def matmul_peak_gflops(size: int = 2048, repeats: int = 5, dtype: torch.dtype = torch.float32) -> float:
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
     _, cpu = timed(lambda: a @ b, repeats)
     return 2 * size**3 / cpu / 1e9 * torch.get_num_threads()  # per CPU-second x threads = wall rate unstarved
 
