@@ -120,6 +120,21 @@ def fast_copy(dynamics: Dynamics, compiled: bool, low_precision: bool) -> Dynami
     return fast
 
 
+def anchor_rows(anchor: str, plan_anchor: Callable[[], None], anchor_params_m: float, dynamics: Dynamics,
+                plan_with: Callable[[Dynamics], Callable[[], None]], repeats: int) -> list[Row]:
+    """Rows for one planning call of the anchor and of ours eager, compiled, and compiled under bf16
+    autocast, timed round-robin; ``plan_with(model)`` is our planning call on that model."""
+    routes = {"ours eager": dynamics, "ours compiled": fast_copy(dynamics, True, False),
+              "ours compiled, bf16 autocast": fast_copy(dynamics, True, True)}
+    fns = {anchor: plan_anchor, **{name: plan_with(model) for name, model in routes.items()}}
+    times = round_robin(fns, repeats)
+    with torch.no_grad():  # our routes do the same arithmetic; the counter sees only eager fp32 ops
+        flops = {anchor: count_flops(plan_anchor), "ours": count_flops(plan_with(dynamics))}
+    ours_params_m = parameters_m(dynamics.predictor)
+    return [Row(name, times[name][1], times[name][0], flops.get(name, flops["ours"]) / 1e9,
+                anchor_params_m if name == anchor else ours_params_m) for name in fns]
+
+
 # --------------------------------------------------------------------------- official V-JEPA 2-AC
 
 
@@ -161,7 +176,6 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
 
     # Ours at the official's budget and box: xyz moves within +-maxnorm, no rotation, gripper +-0.75.
     dynamics = Dynamics(ours, DynamicsConfig(integrated_state_dims=tuple(range(action_dim))))
-    fast, fastest = fast_copy(dynamics, True, False), fast_copy(dynamics, True, True)
     planner = make_planner("cem", samples=samples, elites=10, iterations=iterations, momentum_mean=0.15,
                            momentum_std=0.15)
     high = np.array([0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75], dtype=np.float32)
@@ -176,13 +190,7 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
             planner.plan(cost_fn, 1, horizon, -high, high, generator=torch.Generator().manual_seed(0))
         return run
 
-    fns = {"official V-JEPA 2-AC CEM": plan_official, "ours eager": plan_ours(dynamics),
-           "ours compiled": plan_ours(fast), "ours compiled, bf16 autocast": plan_ours(fastest)}
-    times = round_robin(fns, repeats)
-    with torch.no_grad():  # the other routes do the same arithmetic; the counter sees only eager fp32 ops
-        flops = {"official V-JEPA 2-AC CEM": count_flops(plan_official), "ours": count_flops(plan_ours(dynamics))}
-    rows = [Row(name, times[name][1], times[name][0], flops.get(name, flops["ours"]) / 1e9,
-                parameters_m(official if i == 0 else ours)) for i, name in enumerate(fns)]
+    rows = anchor_rows("official V-JEPA 2-AC CEM", plan_official, parameters_m(official), dynamics, plan_ours, repeats)
     rows += rollout_routes(dynamics, z0, pose0, torch.zeros(samples, horizon, action_dim), iterations, repeats)
     return rows, check
 
@@ -234,7 +242,6 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
     ours = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=action_dim, grid_hw=(1, 1), dim=WIDTH,
                                          depth=DEPTH, num_heads=HEADS)).eval().requires_grad_(False)
     dynamics = Dynamics(ours, DynamicsConfig(), normalize_outputs=False)
-    fast, fastest = fast_copy(dynamics, True, False), fast_copy(dynamics, True, True)
     # stable-worldmodel samples unbounded N(mean, 1) candidates and refits without momentum; a +-3 box
     # with init_std 1/3 of its half range gives the same spread and almost never clips.
     planner = make_planner("cem", samples=samples, elites=30, iterations=iterations, momentum_mean=0.0,
@@ -252,14 +259,8 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
                          generator=torch.Generator().manual_seed(0))
         return run
 
-    fns = {"stable-worldmodel CEMSolver + LeWM": plan_swm, "ours eager": plan_ours(dynamics),
-           "ours compiled": plan_ours(fast), "ours compiled, bf16 autocast": plan_ours(fastest)}
-    times = round_robin(fns, repeats)
-    with torch.no_grad():  # the other routes do the same arithmetic; the counter sees only eager fp32 ops
-        flops = {"stable-worldmodel CEMSolver + LeWM": count_flops(plan_swm), "ours": count_flops(plan_ours(dynamics))}
-    anchor_params = parameters_m(predictor) + parameters_m(action_encoder)
-    return [Row(name, times[name][1], times[name][0], flops.get(name, flops["ours"]) / 1e9,
-                anchor_params if i == 0 else parameters_m(ours)) for i, name in enumerate(fns)]
+    return anchor_rows("stable-worldmodel CEMSolver + LeWM", plan_swm,
+                       parameters_m(predictor) + parameters_m(action_encoder), dynamics, plan_ours, repeats)
 
 
 # --------------------------------------------------------------------------- report
