@@ -56,3 +56,21 @@ def test_bf16_decoding_is_close_and_returns_the_input_dtype() -> None:
     assert low.dtype == torch.float32
     torch.testing.assert_close(low, full, atol=0.1, rtol=0.05)  # bf16 keeps ~3 significant digits
     torch.testing.assert_close(restored, full, atol=0.0, rtol=0.0)
+
+
+def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
+    from types import SimpleNamespace
+
+    from jepa_world.evaluation import configure_rollout
+
+    dynamics = small_dynamics()
+    world_model = SimpleNamespace(predictor=dynamics.predictor)  # configure_rollout touches only the predictor
+    z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)
+    with pytest.raises(ValueError, match=r"rollout_precision='fp16'; expected one of \['fp32', 'bf16'\]"):
+        configure_rollout(world_model, "fp16")
+    with torch.no_grad():
+        full = dynamics.rollout(z0, state0, actions)
+        configure_rollout(world_model, "fp32")
+        assert torch.equal(dynamics.rollout(z0, state0, actions), full)  # the default changes nothing
+        configure_rollout(world_model, "bf16")
+        assert not torch.equal(dynamics.rollout(z0, state0, actions), full)
