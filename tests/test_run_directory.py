@@ -23,6 +23,7 @@ from jepa_world.training.run import (
     read_metrics,
     release_run_directory,
 )
+from tests.test_pretrain_script import SYNTHETIC_SMALL, TINY as PRETRAIN_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,3 +177,28 @@ def test_sigkill_leaves_a_run_that_resumes_or_refuses_with_a_message(reach_data,
     records = read_metrics(metrics)
     assert [r["step"] for r in records] == sorted({r["step"] for r in records})  # one continuous run
     json.dumps(records)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_pretraining_resumes_to_the_uninterrupted_steps(tmp_path):
+    """The pretraining script under the same policy: SIGKILL between checkpoints, then resume=true
+    finishes the run with one metrics line per step."""
+    out = tmp_path / "pretrain"
+    command = [sys.executable, "scripts/pretrain.py", *PRETRAIN_TINY, SYNTHETIC_SMALL, "max_steps=30",
+               "checkpoint_every=5", f"output_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = out / "metrics.jsonl"
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and time.monotonic() < deadline:
+        if metrics.is_file() and metrics.read_text().count("\n") >= 12:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed; shorten the wait"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    fresh = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode != 0 and "resume=true" in fresh.stderr, fresh.stderr[-2000:]  # never a silent restart
+    resumed = subprocess.run([*command, "resume=true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, 31))
