@@ -179,26 +179,38 @@ def test_sigkill_leaves_a_run_that_resumes_or_refuses_with_a_message(reach_data,
     json.dumps(records)
 
 
-@pytest.mark.slow
-def test_sigkill_mid_pretraining_resumes_to_the_uninterrupted_steps(tmp_path):
-    """The pretraining script under the same policy: SIGKILL between checkpoints, then resume=true
-    finishes the run with one metrics line per step."""
-    out = tmp_path / "pretrain"
-    command = [sys.executable, "scripts/pretrain.py", *PRETRAIN_TINY, SYNTHETIC_SMALL, "max_steps=30",
-               "checkpoint_every=5", f"output_dir={out}"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def kill_between_checkpoints_then_resume(command: list[str], resume: str, metrics: Path, steps: int) -> None:
+    """SIGKILL ``command`` once its metrics file has 12 lines (checkpoints every 5 steps), then: a rerun
+    without ``resume`` is refused (never a silent restart) and one with it ends with one line per step."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = out / "metrics.jsonl"
     deadline = time.monotonic() + 240
     while proc.poll() is None and time.monotonic() < deadline:
         if metrics.is_file() and metrics.read_text().count("\n") >= 12:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     assert proc.poll() is None, "the run ended before it could be killed; shorten the wait"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     fresh = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert fresh.returncode != 0 and "resume=true" in fresh.stderr, fresh.stderr[-2000:]  # never a silent restart
-    resumed = subprocess.run([*command, "resume=true"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert fresh.returncode != 0 and "resume=true" in fresh.stderr, fresh.stderr[-2000:]
+    resumed = subprocess.run([*command, resume], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, 31))
+    assert [r["step"] for r in read_metrics(metrics)] == list(range(1, steps + 1))
+
+
+@pytest.mark.slow
+def test_sigkill_mid_pretraining_resumes_to_the_uninterrupted_steps(tmp_path):
+    out = tmp_path / "pretrain"
+    command = [sys.executable, "scripts/pretrain.py", *PRETRAIN_TINY, SYNTHETIC_SMALL, "max_steps=30",
+               "checkpoint_every=5", f"output_dir={out}"]
+    kill_between_checkpoints_then_resume(command, "resume=true", out / "metrics.jsonl", 30)
+
+
+@pytest.mark.slow
+def test_sigkill_mid_language_training_resumes_to_the_uninterrupted_steps(tmp_path):
+    out = tmp_path / "language"
+    command = [sys.executable, "scripts/train_language.py", f"output_dir={out}", "encoder.size=micro", "head.size=micro",
+               "threads=1", "device=cpu", "kinds=[arm]", "train.steps=60", "train.batch_size=16", "train.log_every=1",
+               "train.checkpoint_every=5", "data.train_episodes=2", "data.eval_episodes=2", "data.steps=12"]
+    kill_between_checkpoints_then_resume(command, "train.resume=true", out / "metrics.jsonl", 60)
