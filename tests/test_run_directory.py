@@ -1,6 +1,7 @@
 """The run-directory policy every trainer shares: one resume rule, an exclusive lock, errors that
 name the path and the cause, metrics that survive a kill mid-line, and SIGKILL at any point of a
-real post-training run leaving a directory that resumes or refuses with a message."""
+real post-training run (and between checkpoints of pretraining and language training) leaving a
+directory that resumes or refuses with a message."""
 from __future__ import annotations
 
 import json
