@@ -138,6 +138,10 @@ def test_rerun_with_different_settings_is_refused(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"'seed': 1"):
         collect(small_config(tmp_path, episodes=3, seed=1))
     assert collect(small_config(tmp_path, episodes=2)).new_episodes == 0  # same settings: nothing to do
+    with pytest.raises(DatasetFormatError, match=r"'video.codec': 'h264'.*this run wants .*'video.codec': 'av1'"):
+        collect(small_config(tmp_path, episodes=3, vcodec="libsvtav1"))
+    # the video options are recorded only away from the values datasets used before they existed
+    assert {"pix_fmt", "vcodec"}.isdisjoint(small_config(tmp_path).identity())
 
 
 @pytest.mark.parametrize("override, message", [

@@ -97,6 +97,11 @@ class CollectConfig:
         ident = dataclasses.asdict(self)
         for key in ("episodes", "output_dir", "workers"):
             ident.pop(key)
+        # Video options added after datasets were first written are left out at the value those datasets
+        # used, so that a collection started before the options existed still resumes.
+        for key, earlier in (("pix_fmt", None), ("vcodec", "libx264")):
+            if ident[key] == earlier:
+                ident.pop(key)
         return json.loads(json.dumps(ident))  # normalise tuples etc. to what info.json round-trips
 
 
