@@ -162,7 +162,8 @@ def _writer_settings(meta) -> dict:
     return dict(fps=int(meta.fps), action_names=features["action"]["names"],
                 state_names=features["observation.state"]["names"], cameras={"main": tuple(video["shape"][:2])},
                 task="reach: match the goal image", extra_info=meta.info["jepa_world"], crf=collection["crf"],
-                gop=collection["gop"], pix_fmt=collection["pix_fmt"], vcodec=collection["vcodec"])
+                gop=collection["gop"],  # pix_fmt/vcodec are recorded only away from their defaults
+                pix_fmt=collection.get("pix_fmt"), vcodec=collection.get("vcodec", "libx264"))
 
 
 if __name__ == "__main__":
