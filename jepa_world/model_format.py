@@ -16,12 +16,14 @@ degrades into a silent restart.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import errno
+import hashlib
+import io
 import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import uuid
 from collections.abc import Callable, Mapping
@@ -128,7 +130,10 @@ def write_directory(directory: str | os.PathLike, write: Callable[[Path], None])
     target = Path(directory)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}")
-    temp.mkdir()
+    try:
+        temp.mkdir()
+    except OSError as err:
+        raise write_failure(target, err) from err
     published = False
     try:
         write(temp)
@@ -138,10 +143,29 @@ def write_directory(directory: str | os.PathLike, write: Callable[[Path], None])
         _fsync_path(temp)
         publish_directory(temp, target)
         published = True
+    except (OSError, SafetensorError) as err:  # a full or read-only disk, a quota: name the directory and the cause
+        raise write_failure(target, err) from err
     finally:
         if not published:
             shutil.rmtree(temp, ignore_errors=True)
     return target
+
+
+def write_failure(target: Path, err: OSError | SafetensorError) -> OSError:
+    """The error for a directory that could not be written: its path, the cause, the space left, and
+    that the previous version (if any) is untouched."""
+    if isinstance(err, OSError):
+        code, cause = err.errno or errno.EIO, err.strerror or str(err)
+    else:  # safetensors reports an I/O failure as text ending "(os error N)"
+        found = re.search(r"os error (\d+)", str(err))
+        code = int(found.group(1)) if found else errno.EIO
+        cause = os.strerror(code) if found else str(err)
+    try:
+        free = f"{shutil.disk_usage(target.parent).free / 2**20:.1f} MiB free there"
+    except OSError:
+        free = "free space unknown"
+    kept = f"the previous {target} is intact" if target.exists() else f"nothing was written at {target}"
+    return OSError(code, f"cannot write {target}: {cause} ({free}); {kept}")
 
 
 def save_checkpoint(
@@ -162,8 +186,10 @@ def save_checkpoint(
     def write(temp: Path) -> None:
         save_file(unshared(tensors), str(temp / MODEL_FILE), metadata={"format": "pt"})
         (temp / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        if train_state is not None:
-            torch.save(dict(train_state), temp / TRAIN_STATE_FILE)
+        if train_state is not None:  # serialised in memory first: torch.save into a file on a full disk
+            buffer = io.BytesIO()        # raises an opaque "unexpected pos" error, a plain write an OSError
+            torch.save(dict(train_state), buffer)
+            (temp / TRAIN_STATE_FILE).write_bytes(buffer.getbuffer())
 
     return write_directory(directory, write)
 

@@ -4,6 +4,7 @@ real post-training run (and between checkpoints of pretraining and language trai
 directory that resumes or refuses with a message."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -13,9 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from jepa_world.data.collection import CollectConfig, collect
-from jepa_world.model_format import read_tensors
+from jepa_world.model_format import read_tensors, save_checkpoint
 from jepa_world.training.posttrain import PosttrainConfig, run_posttrain
 from jepa_world.training.run import (
     MetricsWriter,
@@ -89,6 +91,43 @@ def test_unwritable_output_dir_names_the_path_and_the_cause(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(RunDirectoryError, match=r"cannot write to output_dir .*a_file/run: .*(Not a directory|File exists)"):
         claim_run_directory(blocker / "run", resume=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A real 256 KiB tmpfs (needs root and mount rights; skipped where the machine has neither)."""
+    mount_point = tmp_path / "small_disk"
+    mount_point.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({result.stderr.strip() or 'mount failed'})")
+    yield mount_point
+    subprocess.run(["umount", str(mount_point)], check=True)
+
+
+@pytest.mark.parametrize("too_big", ["weights", "train_state"])
+def test_full_disk_names_the_path_and_keeps_the_previous_checkpoint(full_disk, too_big):
+    last = full_disk / "run" / "checkpoints" / "last"
+    save_checkpoint(last, {"w": torch.arange(1000.0)}, {"step": 1}, {"step": 1})
+    big = torch.zeros(100_000)  # 400 kB: more than the disk holds
+    tensors = {"w": big} if too_big == "weights" else {"w": torch.arange(1000.0) + 1}
+    with pytest.raises(OSError, match=rf"cannot write {last}: .*No space left on device.*previous {last} is intact") as info:
+        save_checkpoint(last, tensors, {"step": 2}, {"step": 2, "moments": big if too_big == "train_state" else None})
+    assert info.value.errno == errno.ENOSPC
+    assert torch.equal(read_tensors(last)["w"], torch.arange(1000.0))  # the old checkpoint still loads
+    assert json.loads((last / "config.json").read_text()) == {"step": 1}
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last"]  # no staging directory left behind
+
+
+def test_full_disk_metrics_error_names_the_file(full_disk):
+    path = full_disk / "run" / "metrics.jsonl"
+    writer = MetricsWriter(path)
+    (full_disk / "filler").write_bytes(b"\0" * (256 * 1024 - path.stat().st_size - 4096))  # leave 1 page
+    with pytest.raises(RunDirectoryError, match=rf"cannot append to the metrics file {path}: No space left on device"):
+        for step in range(1000):
+            writer.write({"step": step, "loss": 1.0, "note": "x" * 100})
+    writer.close()
 
 
 def test_metrics_cut_mid_line_resume_and_plot_without_the_torn_record(tmp_path, caplog):

@@ -174,7 +174,7 @@ class MetricsWriter:
                 self.path.write_text("".join(json.dumps(record) + "\n" for record in kept))
             elif resume_step is None:
                 self.path.write_text("")
-            self._file = self.path.open("a")
+            self._file = self.path.open("ab", buffering=0)  # one write per record: a failed one leaves no buffer behind
         except OSError as err:
             raise RunDirectoryError(f"cannot write the metrics file {self.path}: {err.strerror or err}") from err
         if tensorboard:
@@ -188,8 +188,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         try:
-            self._file.write(json.dumps(dict(record)) + "\n")
-            self._file.flush()
+            self._file.write((json.dumps(dict(record)) + "\n").encode())
         except OSError as err:
             raise RunDirectoryError(f"cannot append to the metrics file {self.path}: {err.strerror or err}") from err
         if self._tb is not None:
