@@ -8,6 +8,7 @@ from jepa_world.models.ac_predictor import (
     ACPredictorConfig,
     load_official_state_dict,
 )
+from jepa_world.models.rope import ROPE_LAYOUTS, rope_tables
 
 ENC_DIM, ACTION_DIM, STATE_DIM, GRID = 24, 3, 5, (3, 3)
 
@@ -104,6 +105,27 @@ def test_cond_tokens_rotate_time_only_and_frames_rotate_all_axes():
     assert torch.equal(action_cos[seg:], torch.ones(model.head_dim - seg))  # no spatial rotation
     last_frame_token = cos[-1]
     assert not torch.allclose(last_frame_token[seg : 3 * seg], torch.ones(2 * seg))
+
+
+@pytest.mark.parametrize("layout", ROPE_LAYOUTS)
+def test_step_zero_of_a_one_token_frame_skips_an_exact_identity_rotation(layout):
+    """The planner's first step of a global-latent model has every position at 0: the tables would be
+    cos 1, sin 0 exactly, so none are built, and predictions are unchanged bit for bit."""
+    zero = rope_tables(torch.zeros(3, 3), 8, layout, axis_mask=torch.ones(3, 3, dtype=torch.bool))
+    assert torch.equal(zero.cos, torch.ones_like(zero.cos)) and torch.equal(zero.sin, torch.zeros_like(zero.sin))
+    model = make_predictor(grid_hw=(1, 1), rope_layout=layout)
+    cpu = torch.device("cpu")
+    assert model.rope_for_steps(0, 1, cpu) is None
+    assert model.rope_for_steps(1, 1, cpu) is not None and model.rope_for_steps(0, 2, cpu) is not None
+    assert make_predictor(grid_hw=(2, 2), rope_layout=layout).rope_for_steps(0, 1, cpu) is not None
+    g = torch.Generator().manual_seed(0)
+    z, actions, states = torch.randn(4, 1, 1, ENC_DIM, generator=g), torch.randn(4, 1, ACTION_DIM, generator=g), \
+        torch.randn(4, 1, STATE_DIM, generator=g)
+    with torch.no_grad():
+        skipped = model(z, actions, states)
+        model._rope_tables[(0, 1, cpu)] = rope_tables(torch.zeros(model.config.step_tokens, 3), model.head_dim,
+                                                      layout, axis_mask=model._step_template[1])
+        assert torch.equal(model(z, actions, states), skipped)
 
 
 def test_rope_positions_snap_to_the_unpooled_grid():

@@ -23,7 +23,7 @@ from planners.agent import MPCAgent
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [100, 101, 102, 103]
 STEPS = 15
-CI_NEAR_SUCCESS_FLOOR = 60  # percent of 20 near goals; measured 75-90 here (docs/world_model.md, "Precision")
+CI_NEAR_SUCCESS_FLOOR = 70  # percent of the 10 near goals of seeds 1000-1009 (issue #12); measured 90 here (85 on 20)
 
 
 @pytest.fixture
@@ -93,7 +93,7 @@ def test_end_to_end_model_reaches_near_goals_on_its_own_latents(tmp_path):
     collect a small reach dataset; post-train end to end (encoder, projector and predictor); then
     the frozen stage on that latent encoder (a new predictor trained longer on cached latents, fed
     the observed proprio state, and the temporal-distance critic); plan on the latent + critic energy alone (no readout, no
-    simulator state) toward 20 "near" goals. The end-to-end stage's latent encoder (ViT +
+    simulator state) toward 10 "near" goals. The end-to-end stage's latent encoder (ViT +
     projector) starts from the shipped model's (a world-model directory, one of the supported
     inits); predictors and critic start from scratch."""
     data, e2e, refined = tmp_path / "data", tmp_path / "e2e", tmp_path / "refined"
@@ -113,7 +113,7 @@ def test_end_to_end_model_reaches_near_goals_on_its_own_latents(tmp_path):
     assert final["step"] == 2500 and final["plan_spearman_critic_vs_steps"] > 0.2, final
     assert final["ratio_h1"] < first["ratio_h1"], (first, final)  # the longer frozen stage predicts better
     eval_dir = tmp_path / "eval"
-    run_script("scripts/evaluate.py", "env=reach", "episodes=20", "seed=1000",
+    run_script("scripts/evaluate.py", "env=reach", "episodes=10", "seed=1000",
                f"model={refined / 'checkpoints' / 'last'}", "num_envs=10", "max_videos=0", "protocols=[near]",
                f"output_dir={eval_dir}")
     info = json.loads((eval_dir / "near" / "eval_info.json").read_text())

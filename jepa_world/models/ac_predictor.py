@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # Named widths (dim, depth, num_heads). "vjepa2-ac" is the released 300M predictor.
 AC_PREDICTOR_SIZES: dict[str, tuple[int, int, int]] = {
     "micro": (96, 2, 4),
+    "mini": (128, 2, 4),  # the shipped reach model's (docs/world_model.md, "Where the near misses are")
     "tiny": (192, 6, 6),
     "small": (384, 12, 12),
     "vjepa2-ac": (1024, 24, 16),
@@ -164,7 +165,7 @@ class ACPredictor(nn.Module):
         self._decode_autocast: torch.dtype | None = None  # set by autocast_decoding
         # RoPE tables by (first step, steps, device): a rollout asks for the same few at every step of
         # every planning iteration, and building one costs ~0.24 ms, a tenth of a small model's step.
-        self._rope_tables: dict[tuple[int, int, torch.device], RopeTables] = {}
+        self._rope_tables: dict[tuple[int, int, torch.device], RopeTables | None] = {}
 
     @property
     def head_dim(self) -> int:
@@ -184,8 +185,12 @@ class ACPredictor(nn.Module):
         axis_mask[: c.cond_tokens, 1:] = False  # action/state tokens: time only
         return positions, axis_mask
 
-    def rope_for_steps(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables:
-        """RoPE tables for steps ``first_step .. first_step + num_steps - 1`` -> (1, 1, num_steps*n, hd)."""
+    def rope_for_steps(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables | None:
+        """RoPE tables for steps ``first_step .. first_step + num_steps - 1`` -> (1, 1, num_steps*n, hd).
+
+        None where every position is 0 (step 0 of a one-token frame: the planner's first step): the
+        rotation is then exactly the identity (cos 1, sin 0), and skipping it saves a third of a small
+        model's per-step operations."""
         key = (first_step, num_steps, torch.device(device))
         if key not in self._rope_tables:
             positions, axis_mask = self._step_template
@@ -194,7 +199,9 @@ class ACPredictor(nn.Module):
             pos[..., 0] = steps[:, None]
             pos = pos.flatten(0, 1).to(device)
             mask = axis_mask.repeat(num_steps, 1).to(device)
-            self._rope_tables[key] = rope_tables(pos, self.head_dim, self.config.rope_layout, axis_mask=mask)
+            identity = not bool(pos.any())
+            self._rope_tables[key] = None if identity else rope_tables(pos, self.head_dim, self.config.rope_layout,
+                                                                       axis_mask=mask)
         return self._rope_tables[key]
 
     def block_causal_mask(self, num_steps: int, device: torch.device) -> Tensor:
@@ -292,7 +299,7 @@ class ACPredictor(nn.Module):
         cache.length, cache.steps = end, cache.steps + num_steps
         return out.to(z.dtype)
 
-    def _decode_steps(self, z: Tensor, actions: Tensor, states: Tensor | None, rope: RopeTables,
+    def _decode_steps(self, z: Tensor, actions: Tensor, states: Tensor | None, rope: RopeTables | None,
                       keys: list[Tensor], values: list[Tensor], start: int, mask: Tensor | None) -> Tensor:
         """The tensor work of ``forward_cached``: writes the new keys/values at ``start`` and predicts.
 
