@@ -1,5 +1,5 @@
 """Reproduce the shipped default world model: collect -> pretrain -> post-train end to end ->
-refine (the frozen stage on that latent encoder) -> evaluate.
+refine (the frozen stage on that latent encoder, optionally on a larger collection) -> evaluate.
 
     python scripts/train_default.py env=reach output_dir=outputs/reach-default ship=true
 
@@ -67,8 +67,8 @@ def ship(world_model_dir: Path, ship_dir: Path, provenance: dict) -> None:
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.output_dir).resolve()
     env_name = str(cfg.env.name)
-    data_dir, pretrain_dir, posttrain_dir, refine_dir, eval_dir = (
-        out / s for s in ("data", "pretrain", "posttrain", "refine", "evaluate"))
+    data_dir, refine_data_dir, pretrain_dir, posttrain_dir, refine_dir, eval_dir = (
+        out / s for s in ("data", "refine_data", "pretrain", "posttrain", "refine", "evaluate"))
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
            "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
     py = sys.executable
@@ -76,9 +76,12 @@ def main(cfg: DictConfig) -> None:
     start = time.perf_counter()
 
     c = cfg.collect
-    run_stage("collect", [py, "scripts/collect.py", f"env={env_name}", f"episodes={c.episodes}", f"seed={c.seed}",
-                          f"expert_ratio={c.expert_ratio}", f"workers={c.workers}", f"output_dir={data_dir}"],
-              data_dir / "meta" / "info.json", env, record)
+
+    def collect_command(episodes: int, output_dir: Path) -> list[str]:
+        return [py, "scripts/collect.py", f"env={env_name}", f"episodes={episodes}", f"seed={c.seed}",
+                f"expert_ratio={c.expert_ratio}", f"workers={c.workers}", f"output_dir={output_dir}"]
+
+    run_stage("collect", collect_command(c.episodes, data_dir), data_dir / "meta" / "info.json", env, record)
     run_stage("pretrain", [py, "scripts/pretrain.py", "data=trajectory", f"data.root={data_dir}",
                            *map(str, cfg.pretrain), f"output_dir={pretrain_dir}"],
               pretrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
@@ -88,7 +91,12 @@ def main(cfg: DictConfig) -> None:
               posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
     model_dir = posttrain_dir / "checkpoints" / "last"
     if cfg.refine:  # the frozen stage: a new predictor (and the critic) on the end-to-end latent encoder
-        run_stage("refine", [py, "scripts/posttrain.py", f"data={data_dir}", f"encoder={model_dir}",
+        refine_data = data_dir
+        if cfg.refine_episodes:  # a larger collection, same seed: its first collect.episodes episodes are the above
+            refine_data = refine_data_dir
+            run_stage("refine_collect", collect_command(cfg.refine_episodes, refine_data),
+                      refine_data / "meta" / "info.json", env, record)
+        run_stage("refine", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
                              *map(str, cfg.refine), f"output_dir={refine_dir}"],
                   refine_dir / "checkpoints" / "last" / "model.safetensors", env, record)
         model_dir = refine_dir / "checkpoints" / "last"

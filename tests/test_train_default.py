@@ -21,6 +21,7 @@ def hydra_list(key: str, overrides: list[str]) -> str:
 
 TOY = [
     "collect.episodes=6",
+    "refine_episodes=8",
     hydra_list("pretrain", ["model=micro", "max_steps=4", "batch_size=4", "data.frame_step=2", "log_every=2",
                             "checkpoint_every=4"]),
     hydra_list("posttrain", ["mode=end_to_end", "loss=mse", "world_model.latent=global",
@@ -49,13 +50,15 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     record = json.loads((out / "recipe.json").read_text())
-    for stage in ("collect", "pretrain", "posttrain", "refine", "evaluate"):
+    for stage in ("collect", "pretrain", "posttrain", "refine_collect", "refine", "evaluate"):
         assert record[stage]["wall_s"] > 0, stage
         assert "scripts/" in record[stage]["command"]
     assert record["pretrain"]["final"]["step"] == 4
     assert record["posttrain"]["final"]["step"] == 6
     assert record["refine"]["final"]["step"] == 10  # 6 prediction steps + 4 critic steps
     assert "encoder=" + str(out / "posttrain" / "checkpoints" / "last") in record["refine"]["command"]
+    assert f"data={out / 'refine_data'}" in record["refine"]["command"]  # the frozen stage's larger collection
+    assert json.loads((out / "refine_data" / "meta" / "info.json").read_text())["total_episodes"] == 8
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
     assert sorted(p.name for p in ship_dir.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
@@ -74,4 +77,4 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     rerun = run_recipe(out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
-    assert all(record[s].get("skipped") for s in ("collect", "pretrain", "posttrain", "refine", "evaluate"))
+    assert all(record[s].get("skipped") for s in ("collect", "pretrain", "posttrain", "refine_collect", "refine", "evaluate"))
