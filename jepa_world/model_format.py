@@ -128,9 +128,9 @@ def write_directory(directory: str | os.PathLike, write: Callable[[Path], None])
     directory beside it: every file is made world-readable and fsynced before the swap, so a
     reader or a crash sees the old directory or the complete new one, never a mix."""
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
     temp = target.with_name(f"{TEMP_PREFIX}{target.name}-{uuid.uuid4().hex[:8]}")
     try:
+        target.parent.mkdir(parents=True, exist_ok=True)
         temp.mkdir()
     except OSError as err:
         raise write_failure(target, err) from err

@@ -93,17 +93,38 @@ def test_unwritable_output_dir_names_the_path_and_the_cause(tmp_path):
         claim_run_directory(blocker / "run", resume=False)
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A real 256 KiB tmpfs (needs root and mount rights; skipped where the machine has neither)."""
-    mount_point = tmp_path / "small_disk"
+def mount_tmpfs(mount_point: Path, options: str) -> None:
+    """A real tmpfs at mount_point (needs root and mount rights; the test is skipped where the machine has neither)."""
     mount_point.mkdir()
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount_point)],
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount_point)],
                             capture_output=True, text=True)
     if result.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({result.stderr.strip() or 'mount failed'})")
-    yield mount_point
-    subprocess.run(["umount", str(mount_point)], check=True)
+        pytest.skip(f"cannot mount a tmpfs with {options} ({result.stderr.strip() or 'mount failed'})")
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB disk that the test fills."""
+    mount_tmpfs(tmp_path / "small_disk", "size=256k")
+    yield tmp_path / "small_disk"
+    subprocess.run(["umount", str(tmp_path / "small_disk")], check=True)
+
+
+@pytest.fixture
+def read_only_disk(tmp_path):
+    """A read-only file system (root ignores file modes, so chmod alone would not refuse a write)."""
+    mount_tmpfs(tmp_path / "read_only", "ro,size=256k")
+    yield tmp_path / "read_only"
+    subprocess.run(["umount", str(tmp_path / "read_only")], check=True)
+
+
+def test_read_only_disk_names_the_path_and_the_cause(read_only_disk):
+    out = read_only_disk / "run"
+    with pytest.raises(RunDirectoryError, match=rf"cannot write to output_dir {out}: Read-only file system"):
+        claim_run_directory(out, resume=False)
+    last = read_only_disk / "checkpoints" / "last"
+    with pytest.raises(OSError, match=rf"cannot write {last}: Read-only file system.*nothing was written at {last}"):
+        save_checkpoint(last, {"w": torch.zeros(3)}, {"step": 1})
 
 
 @pytest.mark.parametrize("too_big", ["weights", "train_state"])
