@@ -47,7 +47,7 @@ from planners.base import CostFn
 
 METRICS = ("l1", "l2", "cosine")
 DEFAULT_READOUT_WEIGHT = 1.0  # chosen by the sweep in docs/frozen_readout_baseline.md
-DEFAULT_CRITIC_WEIGHT = 0.2  # x the critic's steps beside the latent L1: the sweep in docs/world_model.md
+DEFAULT_CRITIC_WEIGHT = 0.5  # x the critic's steps beside the latent L1: the sweeps in docs/world_model.md (0.2 until 2026-12-03)
 FRAME_MODES = ("last", "all")
 
 
