@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from jepa_world.models.vit import build_encoder
 from jepa_world.model_format import CheckpointError
-from jepa_world.dynamics import DynamicsConfig
+from jepa_world.dynamics import CPU_CHUNK_TOKENS, DynamicsConfig
 from jepa_world.latent_encoder import LatentConfig
 from jepa_world.world_model import WorldModel, split_world_model_config
 
@@ -68,6 +68,23 @@ def test_cached_rollout_equals_naive_recomputation(context):
     torch.testing.assert_close(cached, naive, rtol=0, atol=1e-5)
     wm.dynamics.config.rollout_chunk = 4  # uneven chunks must not change results
     torch.testing.assert_close(wm.rollout(z0, state0, actions, context_actions=past), cached, rtol=0, atol=1e-5)
+
+
+@torch.no_grad()
+def test_cpu_rollout_runs_in_cache_sized_chunks_with_unchanged_results():
+    wm = make_world_model()
+    step_tokens = wm.predictor.config.step_tokens
+    cpu = torch.device("cpu")
+    assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=True) == CPU_CHUNK_TOKENS // step_tokens
+    assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=False) == 0  # the training path keeps its batch
+    samples = CPU_CHUNK_TOKENS // step_tokens + 3  # one full chunk and a short one
+    g = torch.Generator().manual_seed(2)
+    z0, state0 = wm.encode(frames(1)), torch.randn(1, STATE_DIM, generator=g)
+    actions = torch.randn(samples, 2, ACTION_DIM, generator=g)
+    chunked = wm.rollout(z0, state0, actions)
+    wm.dynamics.config.rollout_chunk = samples  # an explicit setting wins: here, one chunk
+    assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=True) == samples
+    assert torch.equal(wm.rollout(z0, state0, actions), chunked)
 
 
 @torch.no_grad()

@@ -331,6 +331,11 @@ class ACPredictor(nn.Module):
         """
         self._compiled_decode = torch.compile(self._decode_steps)
 
+    @property
+    def decoding_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of ``forward_cached`` (None: full precision)."""
+        return self._decode_autocast
+
     def autocast_decoding(self, dtype: torch.dtype | None = torch.bfloat16) -> None:
         """Run ``forward_cached`` (the planner's rollout) under ``torch.autocast(dtype)`` from now on; None
         restores full precision. Teacher-forced ``forward`` (training) is unaffected.
