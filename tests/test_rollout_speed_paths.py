@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
+from jepa_world.models.layers import Attention, explicit_attention
 
 
 def small_dynamics() -> Dynamics:
@@ -74,3 +76,25 @@ def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
         assert torch.equal(dynamics.rollout(z0, state0, actions), full)  # the default changes nothing
         configure_rollout(world_model, "bf16")
         assert not torch.equal(dynamics.rollout(z0, state0, actions), full)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_explicit_attention_matches_sdpa_and_serves_short_bf16_attention_on_cpu(masked: bool) -> None:
+    """bf16 attention over few keys runs as explicit matmul + softmax on CPU (the flash kernel is 2-3x
+    slower there); it computes what scaled_dot_product_attention does, masks included."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(5, 3, n, 16, generator=g) for n in (4, 10, 10))
+    mask = torch.rand(4, 10, generator=g) > 0.3 if masked else None
+    if mask is not None:
+        mask[:, 0] = True  # every query sees at least one key
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(explicit_attention(q, k, v, mask), expected, rtol=1e-5, atol=1e-6)
+    attention = Attention(48, 3).eval()
+    low = [x.bfloat16() for x in (q, k, v)]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = attention.attend(*low, mask)
+        explicit = attention.proj(explicit_attention(*low, mask).transpose(1, 2).flatten(2))
+    assert torch.equal(out, explicit)  # the explicit path is the one taken
+    with torch.no_grad():
+        reference = attention.proj(expected.transpose(1, 2).flatten(2))
+    torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)

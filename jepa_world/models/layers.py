@@ -13,6 +13,10 @@ from torch.utils.checkpoint import checkpoint
 from jepa_world.models.rope import RopeTables, apply_rope
 
 LAYER_NORM_EPS = 1e-6
+# Up to this many keys, bf16 attention on CPU runs as explicit matmul + softmax: the CPU flash kernel
+# takes 2-3x longer there (300 x 6 heads x 2 queries x 10 keys: 2.0 vs 0.96 ms; 18 x 36: 5.9 vs 4.2 ms),
+# while in fp32 it is as fast or faster, and for long sequences it saves memory. docs/planning.md, Speed.
+SHORT_BF16_ATTENTION_KEYS = 64
 
 
 class Mlp(nn.Module):
@@ -51,12 +55,23 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Nq, hd)
+        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= SHORT_BF16_ATTENTION_KEYS:
+            out = explicit_attention(q, k, v, attn_mask)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Nq, hd)
         return self.proj(out.transpose(1, 2).flatten(2))  # (B, Nq, D)
 
     def forward(self, x: Tensor, rope: RopeTables | None = None, attn_mask: Tensor | None = None) -> Tensor:
         q, k, v = self.project_qkv(x, rope)
         return self.attend(q, k, v, attn_mask)
+
+
+def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
+    """softmax(q k^T / sqrt(hd)) v with a bool mask (True = attend), as ``scaled_dot_product_attention``."""
+    scores = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5  # (B, H, Nq, Nk)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return scores.softmax(dim=-1).to(v.dtype) @ v
 
 
 class Block(nn.Module):
