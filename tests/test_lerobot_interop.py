@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from jepa_world.data.collection import UNRECORDED_VIDEO_DEFAULTS
+
 LEROBOT_MISSING = importlib.util.find_spec("lerobot") is None
 FFMPEG_LIBRARIES = ("avutil", "avcodec", "avformat", "avdevice", "avfilter", "swscale", "swresample")
 APPENDED_LENGTH = 5
@@ -162,8 +164,8 @@ def _writer_settings(meta) -> dict:
     return dict(fps=int(meta.fps), action_names=features["action"]["names"],
                 state_names=features["observation.state"]["names"], cameras={"main": tuple(video["shape"][:2])},
                 task="reach: match the goal image", extra_info=meta.info["jepa_world"], crf=collection["crf"],
-                gop=collection["gop"],  # pix_fmt/vcodec are recorded only away from their defaults
-                pix_fmt=collection.get("pix_fmt"), vcodec=collection.get("vcodec", "libx264"))
+                gop=collection["gop"],  # pix_fmt/vcodec are recorded only away from their earlier defaults
+                **{key: collection.get(key, earlier) for key, earlier in UNRECORDED_VIDEO_DEFAULTS.items()})
 
 
 if __name__ == "__main__":

@@ -50,6 +50,11 @@ class ExplorationConfig:
             raise ValueError(f"exploration.sigma={self.sigma}, expected > 0")
 
 
+# Video options added after datasets were first written, at the value those datasets used: identity()
+# leaves them out there, so that a collection started before the options existed still resumes.
+UNRECORDED_VIDEO_DEFAULTS: dict[str, str | None] = {"pix_fmt": None, "vcodec": "libx264"}
+
+
 @dataclass
 class CollectConfig:
     env: str = "reach"
@@ -97,9 +102,7 @@ class CollectConfig:
         ident = dataclasses.asdict(self)
         for key in ("episodes", "output_dir", "workers"):
             ident.pop(key)
-        # Video options added after datasets were first written are left out at the value those datasets
-        # used, so that a collection started before the options existed still resumes.
-        for key, earlier in (("pix_fmt", None), ("vcodec", "libx264")):
+        for key, earlier in UNRECORDED_VIDEO_DEFAULTS.items():
             if ident[key] == earlier:
                 ident.pop(key)
         return json.loads(json.dumps(ident))  # normalise tuples etc. to what info.json round-trips
