@@ -88,13 +88,14 @@ RANDOM_ENCODER_PREFIX = "random:"
 MODES: tuple[str, ...] = ("frozen", "end_to_end")
 LOSSES: tuple[str, ...] = ("l1", "mse")
 TARGETS: tuple[str, ...] = ("online", "ema")
+CRITIC_OFFSETS: tuple[str, ...] = ("uniform", "log")  # PairSampler's offset distributions
 DEFAULT_SIGREG_WEIGHT = 0.002  # end_to_end with online targets; chosen by the sweep in docs/world_model.md
 # Settings that must not change when resuming into an existing output_dir.
 RESUME_KEYS: tuple[str, ...] = (
     "run.encoder", "run.num_frames", "run.frame_step", "run.action_merge", "run.rollout_steps", "run.batch_size",
     "run.state_tokens", "run.state_readout", "run.readout_batch_size", "run.readout_lr_scale", "run.seed", "run.max_steps", "run.val_fraction", "run.split_seed", "run.optim",
     "run.feature_cache_key", "run.mode", "run.loss", "run.sigreg", "run.target", "run.ema_momentum", "run.critic",
-    "run.critic_pairs", "run.critic_steps", "run.critic_lr", "run.encoder_lr_scale", "predictor", "world_model", "critic",
+    "run.critic_pairs", "run.critic_steps", "run.critic_lr", "run.critic_offsets", "run.encoder_lr_scale", "predictor", "world_model", "critic",
 )
 
 
@@ -149,6 +150,7 @@ class PosttrainConfig:
     critic_steps: int = 2000  # critic steps after the max_steps of prediction training, on the final latents
     critic_pairs: int = 1024  # frame pairs per critic step
     critic_lr: float = 1e-3
+    critic_offsets: str = "uniform"  # PairSampler offsets: uniform | log (short offsets common)
     plannability_pairs: int = 4096  # held-out pairs for the plannability diagnostic
     plannability_state_dims: tuple[int, ...] = ()  # diagnostic only: state dims whose distance is also correlated
 
@@ -169,6 +171,8 @@ class PosttrainConfig:
         split_world_model_config(world_model, "posttrain world_model")  # unknown or invalid keys fail before any data is read
         if self.critic is not None and not isinstance(self.critic, dict):
             raise ValueError(f"posttrain critic={self.critic!r}: expected a dict of CriticConfig fields or null")
+        if self.critic_offsets not in CRITIC_OFFSETS:
+            raise ValueError(f"posttrain critic_offsets={self.critic_offsets!r}: choose one of {list(CRITIC_OFFSETS)}")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"posttrain ema_momentum={self.ema_momentum!r} must be in [0, 1)")
         if not self.encoder_lr_scale > 0 or not self.critic_lr > 0:
@@ -359,9 +363,17 @@ class PosttrainObjective(nn.Module):
 
 
 class PairSampler:
-    """Pairs of rows of one episode at most ``max_offset`` steps apart, and their offsets (vectorised)."""
+    """Pairs of rows of one episode at most ``max_offset`` steps apart, and their offsets (vectorised).
 
-    def __init__(self, store: FeatureCache, episodes: list[int], max_offset: int):
+    ``offsets``: ``uniform`` draws the second row uniformly within ``max_offset`` of the first;
+    ``log`` draws the offset k in 0..max_offset with probability about 1 / (k + 1) (log-uniform on
+    k + 1), so short offsets, where the critic must be precise near a goal, are common.
+    """
+
+    def __init__(self, store: FeatureCache, episodes: list[int], max_offset: int, offsets: str = "uniform"):
+        if offsets not in CRITIC_OFFSETS:
+            raise ValueError(f"critic_offsets={offsets!r}: choose one of {list(CRITIC_OFFSETS)}")
+        self.offsets = offsets
         rows = episode_rows(store, episodes)
         position = {int(e): i for i, e in enumerate(store.episode_index.tolist())}
         starts = torch.zeros(len(store.latents), dtype=torch.int64)
@@ -377,6 +389,14 @@ class PairSampler:
         pick = torch.randint(len(self.rows), (count,), generator=generator)
         a, first, length = self.rows[pick], self.starts[pick], self.lengths[pick]
         position = a - first
+        if self.offsets == "log":
+            k = (torch.exp(torch.rand(count, generator=generator) * math.log(self.max_offset + 2)) - 1).long()
+            k = k.clamp(max=self.max_offset)
+            ahead, behind = length - 1 - position, position
+            forward = torch.rand(count, generator=generator) < 0.5
+            forward = torch.where(k > ahead, False, torch.where(k > behind, True, forward))  # the side with room
+            b = a + torch.where(forward, k.clamp(max=ahead), -k.clamp(max=behind))
+            return a, b, (b - a).abs().float()
         low = (position - self.max_offset).clamp(min=0)
         high = torch.minimum(position + self.max_offset, length - 1)
         b = first + low + (torch.rand(count, generator=generator) * (high - low + 1)).long().clamp(max=high - low)
@@ -402,7 +422,7 @@ def train_critic(critic: TemporalDistanceCritic, latents: FeatureCache, episodes
     """Fit the temporal-distance critic on fixed latents (the encoder is final): cosine-decayed AdamW
     over ``critic_steps`` batches of pairs, seeded by ``cfg.seed`` alone so that a rerun is identical."""
     device = next(critic.parameters()).device
-    pairs = PairSampler(latents, episodes, critic.config.max_offset)
+    pairs = PairSampler(latents, episodes, critic.config.max_offset, cfg.critic_offsets)
     z = latents.latents.to(device)
     optimizer = torch.optim.AdamW(critic.parameters(), lr=cfg.critic_lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.critic_steps)
