@@ -495,14 +495,27 @@ def plan_result(result: EpisodeResult, video_path: str | None, settings: dict[st
     }
 
 
+def success_interval(successes: int, episodes: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval (95% for z = 1.96) of a success rate, in percent. Fifty episodes pin a
+    rate only to about +-8 points: 46/50 gives 81-97%, so two runs differing by a few episodes agree."""
+    if episodes < 1 or not 0 <= successes <= episodes:
+        raise ValueError(f"success_interval needs 0 <= successes <= episodes >= 1, got {successes}/{episodes}")
+    p = successes / episodes
+    centre = (p + z * z / (2 * episodes)) / (1 + z * z / episodes)
+    half = z * math.sqrt(p * (1 - p) / episodes + z * z / (4 * episodes**2)) / (1 + z * z / episodes)
+    return 100.0 * max(centre - half, 0.0), 100.0 * min(centre + half, 1.0)
+
+
 def eval_info(results: Sequence[EpisodeResult], eval_s: float, video_paths: Sequence[str],
               settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    """eval_info.json in LeRobot's shape: per_episode, aggregated, video_paths."""
+    """eval_info.json in LeRobot's shape: per_episode, aggregated (plus ``pc_success_ci95``, the
+    Wilson interval of ``pc_success``), video_paths."""
     judged = [r.success for r in results if r.success is not None]
     distances = [r.final_distance for r in results if r.final_distance is not None]
     plan_ms = [ms for r in results for ms in r.plan_ms]
     aggregated = {
         "pc_success": 100.0 * float(np.mean(judged)) if judged else None,
+        "pc_success_ci95": list(success_interval(sum(judged), len(judged))) if judged else None,
         "n_episodes": len(results),
         "eval_s": eval_s,
         "eval_ep_s": eval_s / max(len(results), 1),
@@ -524,4 +537,4 @@ def episode_seeds(start_seed: int, episodes: int) -> list[int]:
 
 
 __all__ = ["EpisodeResult", "compose_frame", "episode_seeds", "eval_info", "plan_result", "plot_energy",
-           "run_episodes", "write_json", "write_video"]
+           "run_episodes", "success_interval", "write_json", "write_video"]

@@ -171,6 +171,8 @@ def test_evaluate_batched_matches_sequential_and_writes_lerobot_report(model_dir
         assert episode["steps"] == 3  # the step budget ends every episode
     agg = info["aggregated"]
     assert agg["n_episodes"] == 3 and 0 <= agg["pc_success"] <= 100 and agg["eval_s"] > 0
+    low, high = agg["pc_success_ci95"]
+    assert 0 <= low <= agg["pc_success"] <= high <= 100 and high - low > 30  # 3 episodes pin little
     assert len(info["video_paths"]) == 2 and all(Path(p).is_file() for p in info["video_paths"])
     assert (tmp_path / "b" / "evaluation.png").stat().st_size > 10_000
 
@@ -244,3 +246,12 @@ def test_scripts_write_only_under_their_output_dir(model_dir, tmp_path):
         assert (out / ".hydra" / "config.yaml").is_file() and (out / log).is_file()
     now = set((ROOT / "outputs").glob("*/*")) if (ROOT / "outputs").is_dir() else set()
     assert now == repo_outputs
+
+
+def test_success_interval_is_the_wilson_interval():
+    low, high = ev.success_interval(46, 50)  # 92%: the interval the docs quote
+    assert round(low, 1) == 81.2 and round(high, 1) == 96.8
+    assert ev.success_interval(50, 50)[1] == 100.0 and round(ev.success_interval(50, 50)[0], 1) == 92.9
+    assert ev.success_interval(0, 10)[0] == 0.0
+    with pytest.raises(ValueError, match="11/10"):
+        ev.success_interval(11, 10)
