@@ -106,9 +106,8 @@ def evaluate_protocol(cfg: dict, protocol: str, envs: list, agent, seeds: list[i
 def main(cfg: DictConfig) -> None:
     info = evaluate(OmegaConf.to_container(cfg, resolve=True))
     for protocol, agg in info.get("protocols", {"": info["aggregated"]}).items():
-        success = "unknown" if agg["pc_success"] is None else f"{agg['pc_success']:.1f}%"
-        if agg.get("pc_success_ci95") is not None:
-            success += " (95% CI {:.0f}-{:.0f}%)".format(*agg["pc_success_ci95"])
+        success = "unknown" if agg["pc_success"] is None else \
+            "{:.1f}% (95% CI {:.0f}-{:.0f}%)".format(agg["pc_success"], *agg["pc_success_ci95"])
         print(f"{cfg.env.name} {protocol}: success {success} over {agg['n_episodes']} episodes, mean final distance "
               f"{agg['avg_final_distance']:.3f}, plan_ms_median {agg['plan_ms_median']:.1f}, {agg['eval_s']:.1f}s "
               f"-> {cfg.output_dir}/{protocol}/eval_info.json")
