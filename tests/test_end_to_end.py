@@ -71,6 +71,25 @@ def test_end_to_end_objective_sends_gradients_into_the_encoder(reach_data):
         assert sum(g.abs().sum() for g in grads) > 0, name
 
 
+def test_joint_critic_loss_shapes_the_encoder(reach_data):
+    """critic_joint_weight: the critic's loss on frame pairs reaches the encoder, scaled by the weight."""
+    store = load_frames(reach_data)
+    pairs = (store.latents[:6], store.latents[3:9], torch.full((6,), 3.0))
+    for weight in (1.0, 0.5):
+        wm = global_model(critic={"hidden_dim": 16, "dim": 4})
+        wm.dynamics.set_input_statistics(torch.zeros(3), torch.ones(3))
+        objective = PosttrainObjective(wm, rollout_steps=2, loss="mse", critic_joint_weight=weight)
+        frames = store.latents[:8].reshape(2, 4, *store.latents.shape[1:])
+        losses = objective(frames, store.actions[:6].reshape(2, 3, 3), None, critic_pairs=pairs)
+        losses["critic"].backward()
+        for name in ("encoder", "projector", "critic"):
+            assert sum(p.grad.abs().sum() for p in getattr(wm, name).parameters()) > 0, name
+        assert all(p.grad is None for p in wm.predictor.parameters())  # the critic's loss is its own
+        if weight == 1.0:
+            unit = losses["critic"].detach()
+    torch.testing.assert_close(losses["critic"].detach(), 0.5 * unit)
+
+
 def test_frozen_world_model_keeps_its_encoder_out_of_training():
     wm = global_model(trainable=False)
     wm.train()
@@ -170,6 +189,21 @@ def test_end_to_end_run_saves_every_trained_part_and_resumes_exactly(reach_data,
     assert not (Path(reach_data) / ".feature_cache").exists()  # end to end never builds a feature cache
 
 
+def test_joint_critic_run_trains_the_critic_with_the_encoder_and_resumes_exactly(reach_data, tmp_path):
+    critic = {"hidden_dim": 32, "dim": 8, "max_offset": 10}
+    settings = dict(critic=critic, critic_steps=2, critic_pairs=64, critic_joint_weight=0.01, critic_joint_pairs=8,
+                    critic_offsets="log")
+    run_posttrain(e2e_config(reach_data, tmp_path / "full", **settings))
+    run_posttrain(e2e_config(reach_data, tmp_path / "split", stop_after=3, **settings))
+    run_posttrain(e2e_config(reach_data, tmp_path / "split", resume=True, **settings))
+    a = WorldModel.from_pretrained(tmp_path / "full" / "checkpoints" / "last")
+    b = WorldModel.from_pretrained(tmp_path / "split" / "checkpoints" / "last")
+    for (name, x), (_, y) in zip(module_tensors(a.trained_modules()).items(), module_tensors(b.trained_modules()).items()):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, msg=name)
+    prediction_steps = [r for r in read_metrics(tmp_path / "full" / "metrics.jsonl") if "loss_teacher" in r]
+    assert prediction_steps and all(r["loss_critic"] > 0 for r in prediction_steps)
+
+
 def test_frozen_stage_on_an_end_to_end_latent_encoder_uses_the_feature_cache(reach_data, tmp_path):
     """A world-model directory as the encoder of a frozen run: its ViT *and* projector (the latent
     encoder) are loaded and kept fixed, the projected latents are cached, and a new predictor trains."""
@@ -237,6 +271,10 @@ def test_bad_end_to_end_settings_name_the_key(reach_data, tmp_path):
         e2e_config(reach_data, tmp_path, state_readout={"state_dims": [0, 1, 2]})
     with pytest.raises(ValueError, match=r"critic=3"):
         e2e_config(reach_data, tmp_path, critic=3)
+    with pytest.raises(ValueError, match=r"critic_joint_weight=0.1.*mode=end_to_end and a critic"):
+        e2e_config(reach_data, tmp_path, critic_joint_weight=0.1)
+    with pytest.raises(ValueError, match=r"critic_joint_weight=-1"):
+        e2e_config(reach_data, tmp_path, critic={}, critic_joint_weight=-1.0)
 
 
 def test_end_to_end_on_an_encoder_checkpoint_without_config(reach_data, tmp_path):

@@ -95,7 +95,7 @@ RESUME_KEYS: tuple[str, ...] = (
     "run.encoder", "run.num_frames", "run.frame_step", "run.action_merge", "run.rollout_steps", "run.batch_size",
     "run.state_tokens", "run.state_readout", "run.readout_batch_size", "run.readout_lr_scale", "run.seed", "run.max_steps", "run.val_fraction", "run.split_seed", "run.optim",
     "run.feature_cache_key", "run.mode", "run.loss", "run.sigreg", "run.target", "run.ema_momentum", "run.critic",
-    "run.critic_pairs", "run.critic_steps", "run.critic_lr", "run.critic_offsets", "run.encoder_lr_scale", "predictor", "world_model", "critic",
+    "run.critic_pairs", "run.critic_steps", "run.critic_lr", "run.critic_offsets", "run.critic_joint_weight", "run.critic_joint_pairs", "run.encoder_lr_scale", "predictor", "world_model", "critic",
 )
 
 
@@ -151,6 +151,11 @@ class PosttrainConfig:
     critic_pairs: int = 1024  # frame pairs per critic step
     critic_lr: float = 1e-3
     critic_offsets: str = "uniform"  # PairSampler offsets: uniform | log (short offsets common)
+    # end_to_end: > 0 also trains the critic during the prediction steps, on frame pairs embedded with
+    # gradients, so that its loss (times this weight) shapes the encoder: the latent keeps what tells
+    # frames a few steps apart apart. 0: the critic only fits the final latents afterwards.
+    critic_joint_weight: float = 0.0
+    critic_joint_pairs: int = 64  # frame pairs per prediction step when critic_joint_weight > 0
     plannability_pairs: int = 4096  # held-out pairs for the plannability diagnostic
     plannability_state_dims: tuple[int, ...] = ()  # diagnostic only: state dims whose distance is also correlated
 
@@ -173,6 +178,11 @@ class PosttrainConfig:
             raise ValueError(f"posttrain critic={self.critic!r}: expected a dict of CriticConfig fields or null")
         if self.critic_offsets not in CRITIC_OFFSETS:
             raise ValueError(f"posttrain critic_offsets={self.critic_offsets!r}: choose one of {list(CRITIC_OFFSETS)}")
+        if not (math.isfinite(self.critic_joint_weight) and self.critic_joint_weight >= 0):
+            raise ValueError(f"posttrain critic_joint_weight={self.critic_joint_weight!r}: expected a finite number >= 0")
+        if self.critic_joint_weight > 0 and (self.mode != "end_to_end" or self.critic is None):
+            raise ValueError(f"posttrain critic_joint_weight={self.critic_joint_weight} trains the encoder through the "
+                             f"critic: it needs mode=end_to_end and a critic (got mode={self.mode!r}, critic={self.critic!r})")
         if not 0.0 <= self.ema_momentum < 1.0:
             raise ValueError(f"posttrain ema_momentum={self.ema_momentum!r} must be in [0, 1)")
         if not self.encoder_lr_scale > 0 or not self.critic_lr > 0:
@@ -180,7 +190,7 @@ class PosttrainConfig:
                              f"{self.encoder_lr_scale}/{self.critic_lr}")
         positive = ("max_steps", "num_frames", "frame_step", "batch_size", "rollout_steps", "log_every", "eval_every",
                     "eval_windows", "save_every", "encode_batch_size", "readout_batch_size", "critic_pairs", "critic_steps",
-                    "plannability_pairs")
+                    "critic_joint_pairs", "plannability_pairs")
         for name in positive:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -311,17 +321,21 @@ class PosttrainObjective(nn.Module):
     ``WorldModel.rollout`` on its re-run path (the planner's rollout), in ``loss``; SIGReg on the
     embeddings when the encoder trains; the state readout's MSE when there is a readout.
     ``latents_of`` turns what the data store holds (cached latents, or uint8 frames in end-to-end
-    mode) into latents. The critic trains afterwards, on the final latents (``train_critic``).
+    mode) into latents. The critic trains afterwards, on the final latents (``train_critic``); with
+    ``critic_joint_weight`` > 0 it also trains here, on frame pairs embedded with gradients, so that
+    its loss shapes the encoder.
     """
 
     def __init__(self, world_model: WorldModel, rollout_steps: int, loss: str = "l1",
-                 sigreg: SIGReg | None = None, target_model: nn.Module | None = None):
+                 sigreg: SIGReg | None = None, target_model: nn.Module | None = None,
+                 critic_joint_weight: float = 0.0):
         super().__init__()
         self.world_model = world_model
         self.rollout_steps = rollout_steps
         self.loss = loss
         self.sigreg = sigreg
         self.target_model = [target_model]  # a list: kept out of this module's parameters (EMA-updated)
+        self.critic_joint_weight = critic_joint_weight
 
     @property
     def end_to_end(self) -> bool:
@@ -334,9 +348,11 @@ class PosttrainObjective(nn.Module):
         return self.world_model.embed(x.flatten(0, 1)).unflatten(0, x.shape[:2])
 
     def forward(self, x: Tensor, actions: Tensor, states: Tensor | None, directions: Tensor | None = None,
-                readout_frames: tuple[Tensor, Tensor] | None = None) -> dict[str, Tensor]:
+                readout_frames: tuple[Tensor, Tensor] | None = None,
+                critic_pairs: tuple[Tensor, Tensor, Tensor] | None = None) -> dict[str, Tensor]:
         """x (B,T,...) store rows, actions (B,T-1,A) and states (B,T,S) in env units, SIGReg directions
-        (D, M), readout ((F,N,D) latents, (F,K) standardised targets) -> named losses (``total`` is their sum)."""
+        (D, M), readout ((F,N,D) latents, (F,K) standardised targets), joint critic pairs ((P,...) frames a,
+        (P,...) frames b, (P,) steps between them) -> named losses (``total`` is their sum)."""
         wm = self.world_model
         z = self.latents_of(x)  # (B, T, N, D)
         target = z
@@ -355,6 +371,10 @@ class PosttrainObjective(nn.Module):
         if wm.state_readout is not None:
             latents, readout_targets = readout_frames
             losses["readout"] = (wm.state_readout.forward_standardized(latents) - readout_targets).pow(2).mean()
+        if critic_pairs is not None:
+            frames_a, frames_b, offsets = critic_pairs
+            z_a, z_b = wm.embed(torch.cat([frames_a, frames_b])).chunk(2)  # (P, N, D) each
+            losses["critic"] = self.critic_joint_weight * wm.critic.loss(z_a, z_b, offsets)
         losses["total"] = sum(losses.values())
         return losses
 
@@ -660,7 +680,10 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     eval_frames = max(cfg.eval_horizons) + 1
     log.info("%d train windows (%d episodes), %d val episodes", len(train), len(train_eps), len(val_eps))
     critic = world_model.critic
-    if critic is not None:  # trained after the prediction steps (train_critic), by its own optimizer
+    joint_pairs = None
+    if critic is not None and cfg.critic_joint_weight > 0:  # trains with the encoder, then again afterwards
+        joint_pairs = PairSampler(store, train_eps, critic.config.max_offset, cfg.critic_offsets)
+    elif critic is not None:  # trained after the prediction steps (train_critic), by its own optimizer
         critic.requires_grad_(False)
 
     statistics = input_statistics(store, train_eps)
@@ -678,7 +701,7 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
     if cfg.target == "ema":
         target_model = make_target(world_model.latent_encoder)
         ema = EMA(world_model.latent_encoder, target_model, MomentumSchedule(start=cfg.ema_momentum, end=cfg.ema_momentum))
-    objective = PosttrainObjective(world_model, cfg.rollout_steps, cfg.loss, sigreg, target_model)
+    objective = PosttrainObjective(world_model, cfg.rollout_steps, cfg.loss, sigreg, target_model, cfg.critic_joint_weight)
     optim_cfg = OptimConfig(**{"schedule": "wsd", "lr": 4.25e-4, "warmup_steps": min(100, cfg.max_steps // 10),
                                "grad_clip": 1.0, **cfg.optim})
     trained = {name: m for name, m in world_model.trained_modules().items() if end_to_end or name != "encoder"}
@@ -742,16 +765,19 @@ def run_posttrain(cfg: PosttrainConfig) -> PosttrainResult:
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + info.rank)
         x, actions, states = train.sample(cfg.batch_size, generator)
         x, actions = x.to(info.device), actions.to(info.device)
-        readout_frames = directions = None
+        readout_frames = directions = critic_pairs = None
         if readout is not None:
             rows = readout_rows[torch.randint(len(readout_rows), (cfg.readout_batch_size,), generator=generator)]
             readout_frames = (readout_cache.latents[rows].to(info.device).float(),
                               readout.standardize(readout_cache.states[rows].to(info.device)))
+        if joint_pairs is not None:
+            a, b, offsets = joint_pairs.sample(cfg.critic_joint_pairs, generator)
+            critic_pairs = (store.latents[a].to(info.device), store.latents[b].to(info.device), offsets.to(info.device))
         if sigreg is not None:
             directions = sigreg.sample_directions(world_model.latent_dim, step_generator(cfg.seed, step)).to(info.device)
         states = states.to(info.device) if state_dim else None
         lr, _ = apply_schedule(optimizer, step, optim_cfg, cfg.max_steps)
-        losses = model(x, actions, states, directions, readout_frames)
+        losses = model(x, actions, states, directions, readout_frames, critic_pairs)
         loss = losses["total"]
         guard.observe(loss, step)
         optimizer.zero_grad(set_to_none=True)
