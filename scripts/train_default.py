@@ -1,5 +1,6 @@
 """Reproduce the shipped default world model: collect -> pretrain -> post-train end to end ->
-refine (the frozen stage on that latent encoder, optionally on a larger collection) -> evaluate.
+joint critic (that encoder trained on with the temporal-distance critic's loss, on a larger
+collection) -> refine (the frozen stage on the resulting latent encoder) -> evaluate.
 
     python scripts/train_default.py env=reach output_dir=outputs/reach-default ship=true
 
@@ -67,8 +68,8 @@ def ship(world_model_dir: Path, ship_dir: Path, provenance: dict) -> None:
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.output_dir).resolve()
     env_name = str(cfg.env.name)
-    data_dir, refine_data_dir, pretrain_dir, posttrain_dir, refine_dir, eval_dir = (
-        out / s for s in ("data", "refine_data", "pretrain", "posttrain", "refine", "evaluate"))
+    data_dir, refine_data_dir, pretrain_dir, posttrain_dir, joint_critic_dir, refine_dir, eval_dir = (
+        out / s for s in ("data", "refine_data", "pretrain", "posttrain", "joint_critic", "refine", "evaluate"))
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
            "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
     py = sys.executable
@@ -90,12 +91,19 @@ def main(cfg: DictConfig) -> None:
                             f"output_dir={posttrain_dir}"],
               posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
     model_dir = posttrain_dir / "checkpoints" / "last"
+    refine_data = data_dir
+    if cfg.refine_episodes and (cfg.joint_critic or cfg.refine):
+        # a larger collection, same seed: its first collect.episodes episodes are the ones above
+        refine_data = refine_data_dir
+        run_stage("refine_collect", collect_command(cfg.refine_episodes, refine_data),
+                  refine_data / "meta" / "info.json", env, record)
+    if cfg.joint_critic:  # the end-to-end encoder trained on, the critic's loss shaping its latent
+        run_stage("joint_critic", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
+                                   *map(str, cfg.posttrain), *map(str, cfg.joint_critic),
+                                   f"output_dir={joint_critic_dir}"],
+                  joint_critic_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+        model_dir = joint_critic_dir / "checkpoints" / "last"
     if cfg.refine:  # the frozen stage: a new predictor (and the critic) on the end-to-end latent encoder
-        refine_data = data_dir
-        if cfg.refine_episodes:  # a larger collection, same seed: its first collect.episodes episodes are the above
-            refine_data = refine_data_dir
-            run_stage("refine_collect", collect_command(cfg.refine_episodes, refine_data),
-                      refine_data / "meta" / "info.json", env, record)
         run_stage("refine", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
                              *map(str, cfg.refine), f"output_dir={refine_dir}"],
                   refine_dir / "checkpoints" / "last" / "model.safetensors", env, record)
@@ -106,8 +114,9 @@ def main(cfg: DictConfig) -> None:
 
     record["pretrain"]["final"] = last_metrics(pretrain_dir / "metrics.jsonl")
     record["posttrain"]["final"] = last_metrics(posttrain_dir / "metrics.jsonl")
-    if cfg.refine:
-        record["refine"]["final"] = last_metrics(refine_dir / "metrics.jsonl")
+    for name, stage_dir in (("joint_critic", joint_critic_dir), ("refine", refine_dir)):
+        if cfg[name]:
+            record[name]["final"] = last_metrics(stage_dir / "metrics.jsonl")
     evaluation = json.loads((eval_dir / "eval_info.json").read_text())
     aggregated = evaluation.get("aggregated", {})
     record["evaluate"]["aggregated"] = aggregated

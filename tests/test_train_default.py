@@ -28,6 +28,9 @@ TOY = [
                              "world_model.normalize_latents=false", "state_tokens=false", "max_steps=6",
                              "predictor.size=micro", "num_frames=4", "batch_size=4", "eval_every=6", "eval_windows=16",
                              "log_every=2", "save_every=6"]),
+    hydra_list("joint_critic", ["max_steps=4", "critic={}", "critic_offsets=log", "critic_joint_weight=1.0e-3",
+                                "critic_joint_pairs=8", "critic_steps=2", "critic_pairs=32", "eval_every=4",
+                                "save_every=4"]),
     hydra_list("refine", ["mode=frozen", "loss=mse", "world_model.latent=global", "world_model.normalize_latents=false",
                           "state_tokens=false", "max_steps=6", "predictor.size=micro", "num_frames=4", "batch_size=4",
                           "eval_every=6", "eval_windows=16", "log_every=2", "save_every=6", "critic={}",
@@ -35,6 +38,9 @@ TOY = [
     hydra_list("evaluate", ["episodes=2", "seed=1000", "num_envs=2", "max_steps=3", "planner.samples=8",
                             "planner.elites=2", "planner.iterations=2", "max_videos=1"]),
 ]
+
+
+STAGES = ("collect", "pretrain", "posttrain", "refine_collect", "joint_critic", "refine", "evaluate")
 
 
 def run_recipe(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -50,14 +56,17 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
 
     record = json.loads((out / "recipe.json").read_text())
-    for stage in ("collect", "pretrain", "posttrain", "refine_collect", "refine", "evaluate"):
+    for stage in STAGES:
         assert record[stage]["wall_s"] > 0, stage
         assert "scripts/" in record[stage]["command"]
     assert record["pretrain"]["final"]["step"] == 4
     assert record["posttrain"]["final"]["step"] == 6
+    assert record["joint_critic"]["final"]["step"] == 6  # 4 joint prediction + critic steps, then 2 critic steps
     assert record["refine"]["final"]["step"] == 10  # 6 prediction steps + 4 critic steps
-    assert "encoder=" + str(out / "posttrain" / "checkpoints" / "last") in record["refine"]["command"]
-    assert f"data={out / 'refine_data'}" in record["refine"]["command"]  # the frozen stage's larger collection
+    assert "encoder=" + str(out / "posttrain" / "checkpoints" / "last") in record["joint_critic"]["command"]
+    assert "encoder=" + str(out / "joint_critic" / "checkpoints" / "last") in record["refine"]["command"]
+    for stage in ("joint_critic", "refine"):  # both read the larger collection
+        assert f"data={out / 'refine_data'}" in record[stage]["command"], stage
     assert json.loads((out / "refine_data" / "meta" / "info.json").read_text())["total_episodes"] == 8
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
@@ -67,9 +76,11 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     assert model.predictor.config.frame_tokens == 1  # one global embedding per frame
     assert model.state_readout is None and model.critic is not None  # the world model plans by itself
     end_to_end = WorldModel.from_pretrained(out / "posttrain" / "checkpoints" / "last")
-    for name in ("encoder", "projector"):  # the frozen stage kept the end-to-end latent encoder
-        ours, theirs = getattr(model, name).state_dict(), getattr(end_to_end, name).state_dict()
-        assert all(ours[k].equal(theirs[k]) for k in ours), name
+    joint = WorldModel.from_pretrained(out / "joint_critic" / "checkpoints" / "last")
+    for name in ("encoder", "projector"):  # the frozen stage kept the joint stage's latent encoder, which trained on
+        ours, joints, theirs = (getattr(m, name).state_dict() for m in (model, joint, end_to_end))
+        assert all(ours[k].equal(joints[k]) for k in ours), name
+        assert not all(ours[k].equal(theirs[k]) for k in ours), name
     assert set(record["evaluate"]["protocols"]) == {"anywhere", "near"}
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
@@ -77,4 +88,4 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     rerun = run_recipe(out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     record = json.loads((out / "recipe.json").read_text())
-    assert all(record[s].get("skipped") for s in ("collect", "pretrain", "posttrain", "refine_collect", "refine", "evaluate"))
+    assert all(record[s].get("skipped") for s in STAGES)
