@@ -30,12 +30,17 @@ ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("train_default")
 
 
-def run_stage(name: str, command: list[str], done_marker: Path, env: dict[str, str], record: dict) -> None:
-    """Run one stage unless done_marker exists; record its command and wall time."""
+def run_stage(name: str, command: list[str], done_marker: Path, env: dict[str, str], record: dict,
+              previous: dict) -> None:
+    """Run one stage unless done_marker exists; record its command and wall time. A skipped stage keeps
+    the wall time ``previous`` (the output_dir's earlier recipe.json) recorded for the same command."""
     record[name] = {"command": " ".join(command)}
     if done_marker.exists():
         log.info("stage %s: already complete (%s), skipping", name, done_marker)
         record[name]["skipped"] = True
+        earlier = previous.get(name, {})
+        if earlier.get("command") == record[name]["command"] and "wall_s" in earlier:
+            record[name]["wall_s"] = earlier["wall_s"]
         return
     log.info("stage %s: %s", name, " ".join(command))
     start = time.perf_counter()
@@ -46,6 +51,16 @@ def run_stage(name: str, command: list[str], done_marker: Path, env: dict[str, s
     if not done_marker.exists():
         raise SystemExit(f"stage {name} exited 0 but did not write {done_marker}")
     log.info("stage %s: done in %.1fs", name, record[name]["wall_s"])
+
+
+def read_previous_record(path: Path) -> dict:
+    """The recipe.json an earlier run into this output_dir wrote ({} if none)."""
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SystemExit(f"{path} is not valid JSON ({err}): move it away to rerun the recipe here") from err
 
 
 def last_metrics(path: Path) -> dict:
@@ -74,6 +89,7 @@ def main(cfg: DictConfig) -> None:
            "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
     py = sys.executable
     record: dict = {"env": env_name, "output_dir": str(out)}
+    previous = read_previous_record(out / "recipe.json")
     start = time.perf_counter()
 
     c = cfg.collect
@@ -82,35 +98,35 @@ def main(cfg: DictConfig) -> None:
         return [py, "scripts/collect.py", f"env={env_name}", f"episodes={episodes}", f"seed={c.seed}",
                 f"expert_ratio={c.expert_ratio}", f"workers={c.workers}", f"output_dir={output_dir}"]
 
-    run_stage("collect", collect_command(c.episodes, data_dir), data_dir / "meta" / "info.json", env, record)
+    run_stage("collect", collect_command(c.episodes, data_dir), data_dir / "meta" / "info.json", env, record, previous)
     run_stage("pretrain", [py, "scripts/pretrain.py", "data=trajectory", f"data.root={data_dir}",
                            *map(str, cfg.pretrain), f"output_dir={pretrain_dir}"],
-              pretrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+              pretrain_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
     run_stage("posttrain", [py, "scripts/posttrain.py", f"data={data_dir}",
                             f"encoder={pretrain_dir / 'checkpoints' / 'last'}", *map(str, cfg.posttrain),
                             f"output_dir={posttrain_dir}"],
-              posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+              posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
     model_dir = posttrain_dir / "checkpoints" / "last"
     refine_data = data_dir
     if cfg.refine_episodes and (cfg.joint_critic or cfg.refine):
         # a larger collection, same seed: its first collect.episodes episodes are the ones above
         refine_data = refine_data_dir
         run_stage("refine_collect", collect_command(cfg.refine_episodes, refine_data),
-                  refine_data / "meta" / "info.json", env, record)
+                  refine_data / "meta" / "info.json", env, record, previous)
     if cfg.joint_critic:  # the end-to-end encoder trained on, the critic's loss shaping its latent
         run_stage("joint_critic", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
                                    *map(str, cfg.posttrain), *map(str, cfg.joint_critic),
                                    f"output_dir={joint_critic_dir}"],
-                  joint_critic_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+                  joint_critic_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
         model_dir = joint_critic_dir / "checkpoints" / "last"
     if cfg.refine:  # the frozen stage: a new predictor (and the critic) on the end-to-end latent encoder
         run_stage("refine", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
                              *map(str, cfg.refine), f"output_dir={refine_dir}"],
-                  refine_dir / "checkpoints" / "last" / "model.safetensors", env, record)
+                  refine_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
         model_dir = refine_dir / "checkpoints" / "last"
     run_stage("evaluate", [py, "scripts/evaluate.py", f"env={env_name}", f"model={model_dir}",
                            *map(str, cfg.evaluate), f"output_dir={eval_dir}"],
-              eval_dir / "eval_info.json", env, record)
+              eval_dir / "eval_info.json", env, record, previous)
 
     record["pretrain"]["final"] = last_metrics(pretrain_dir / "metrics.jsonl")
     record["posttrain"]["final"] = last_metrics(posttrain_dir / "metrics.jsonl")
@@ -121,7 +137,12 @@ def main(cfg: DictConfig) -> None:
     aggregated = evaluation.get("aggregated", {})
     record["evaluate"]["aggregated"] = aggregated
     record["evaluate"]["protocols"] = evaluation.get("protocols", {})
-    record["total_wall_s"] = round(time.perf_counter() - start, 1)
+    record["run_wall_s"] = round(time.perf_counter() - start, 1)  # this invocation
+    stages = {name: v for name, v in record.items() if isinstance(v, dict) and "command" in v}
+    untimed = [name for name, v in stages.items() if "wall_s" not in v]
+    if untimed:
+        log.warning("stages %s were complete before this run and have no recorded wall time", untimed)
+    record["total_wall_s"] = round(sum(v.get("wall_s", 0.0) for v in stages.values()), 1)  # every stage, over all runs
     record["config"] = OmegaConf.to_container(cfg, resolve=True)
     (out / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
     log.info("recipe finished in %.1fs: %s", record["total_wall_s"], aggregated)

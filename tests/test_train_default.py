@@ -87,5 +87,8 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     # A rerun into the same output_dir skips every finished stage instead of redoing it.
     rerun = run_recipe(out)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    record = json.loads((out / "recipe.json").read_text())
+    first, record = record, json.loads((out / "recipe.json").read_text())
     assert all(record[s].get("skipped") for s in STAGES)
+    # ... and keeps the stage times measured when they ran, so the recipe's total stays its real cost.
+    assert [record[s]["wall_s"] for s in STAGES] == [first[s]["wall_s"] for s in STAGES]
+    assert record["total_wall_s"] == first["total_wall_s"] == round(sum(first[s]["wall_s"] for s in STAGES), 1)
