@@ -35,7 +35,9 @@ def test_shipped_model_loads_and_fits_the_size_budget():
     assert size_mb <= MAX_SHIPPED_MB, f"{SHIPPED} is {size_mb:.1f} MB"
     recipe = json.loads((SHIPPED / "recipe.json").read_text())
     assert recipe["env"] == "reach" and "mode=end_to_end" in recipe["posttrain"]["command"]
-    assert "mode=frozen" in recipe["refine"]["command"]  # the frozen stage on the end-to-end latent encoder
+    # the end-to-end encoder trained on with the critic's loss, then the frozen stage on that latent encoder
+    assert "mode=end_to_end" in recipe["joint_critic"]["command"] and "critic_joint_weight" in recipe["joint_critic"]["command"]
+    assert "mode=frozen" in recipe["refine"]["command"] and "joint_critic/checkpoints/last" in recipe["refine"]["command"]
 
     model = WorldModel.from_pretrained(SHIPPED).eval()
     # The default path is the world model's own: no state readout; a critic learned from time offsets;
