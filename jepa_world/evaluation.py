@@ -294,10 +294,11 @@ def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
                     replan_every=int(cfg["replan_every"]), time_budget_s=cfg.get("time_budget_s"),
                     action_low=env.action_space.low, action_high=env.action_space.high, objective=objective,
                     warm_start=bool(cfg.get("warm_start", True)), seed=int(cfg.get("seed", 0)),
-                    context_frames=int(cfg.get("context_frames", 1)))
+                    context_frames=int(cfg.get("context_frames", 1)),
+                    prediction_feedback=float(cfg.get("prediction_feedback", 0.0)))
 
 
-SETTING_KEYS = ("policy", "model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every", "context_frames",
+SETTING_KEYS = ("policy", "model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every", "context_frames", "prediction_feedback",
                 "time_budget_s", "warm_start", "planner", "objective", "rollout_precision", "compile_rollout")
 
 

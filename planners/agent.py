@@ -13,6 +13,12 @@ last k observed frames and the actions executed between them (as in training win
 the world model runs that shared context once per planning call through its KV cache. Only observations enter planning, never simulator
 state. The agent exposes ``last_plan``, ``last_energies`` (per-iteration best energy) and
 ``plan_ms`` for logging.
+
+``prediction_feedback=L`` (in (0, 1]; 0 = off) makes the MPC offset-free: after each planning call the
+agent predicts the latent its executed actions lead to, compares it with the latent it then observes,
+and keeps a running estimate of the predictor's persistent error, d <- d + L * (observed - predicted - d),
+which every later prediction is shifted by. A biased predictor otherwise stops the arm where it
+*predicts* the goal to be. Only observed latents enter; no state labels.
 """
 from __future__ import annotations
 
@@ -25,7 +31,8 @@ import torch
 from torch import Tensor
 
 from planners.base import CostFn, Planner, PlanResult
-from planners.objectives import ObjectiveConfig, build_cost_fn, model_state_dim, uses_states
+from planners.objectives import (ObjectiveConfig, build_cost_fn, context_rollout, model_state_dim,
+                                 rollout_context, uses_states)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +89,7 @@ class MPCAgent:
         warm_start: bool = True,
         seed: int = 0,
         context_frames: int = 1,
+        prediction_feedback: float = 0.0,
     ):
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -91,6 +99,8 @@ class MPCAgent:
             raise ValueError(f"time_budget_s must be positive or None, got {time_budget_s}")
         if context_frames < 1:
             raise ValueError(f"context_frames must be >= 1, got {context_frames}")
+        if not (isinstance(prediction_feedback, (int, float)) and 0.0 <= prediction_feedback <= 1.0):
+            raise ValueError(f"prediction_feedback must be a gain in [0, 1] (0: off), got {prediction_feedback!r}")
         if action_low is None or action_high is None:
             raise ValueError("MPCAgent needs action_low and action_high (e.g. env.action_space.low/high) "
                              "so every action it returns is inside the env's bounds")
@@ -102,6 +112,7 @@ class MPCAgent:
         self.warm_start = warm_start
         self.seed = seed
         self.context_frames = context_frames
+        self.prediction_feedback = float(prediction_feedback)
         params = next(iter(world_model.parameters()), None) if hasattr(world_model, "parameters") else None
         self.device = params.device if params is not None else torch.device("cpu")
         self.uses_states = uses_states(world_model) or self.objective.needs_proprio
@@ -120,6 +131,10 @@ class MPCAgent:
         self._latents: list[Tensor] = []
         self._states: list[Tensor | None] = []
         self._actions: list[Tensor] = []
+        # prediction_feedback: the latent predicted for the next planning call's observation, and the
+        # running estimate of the predictor's error (E, N, D), added to every prediction.
+        self._predicted_next: Tensor | None = None
+        self.latent_offset: Tensor | None = None
 
     # -- public API ---------------------------------------------------------------------
     @property
@@ -156,6 +171,7 @@ class MPCAgent:
         self._steps_since_plan = 0
         self.stats = AgentStats()
         self._latents, self._states, self._actions = [], [], []
+        self._predicted_next, self.latent_offset = None, None
         seeds = [self.seed + e for e in range(pixels.shape[0])] if seeds is None else list(seeds)
         if len(seeds) != pixels.shape[0]:
             raise ValueError(f"got {len(seeds)} seeds for {pixels.shape[0]} goal images")
@@ -176,6 +192,7 @@ class MPCAgent:
         if replan or self.context_frames > 1:  # a multi-frame context needs every frame's latent
             self.observe(observations)
         if replan:
+            self.update_latent_offset()
             self.replan(start)
         actions = self.last_plan[:, self._steps_since_plan]
         self._steps_since_plan += 1
@@ -238,7 +255,22 @@ class MPCAgent:
         """The cost the planner minimises this call; goal kinds other than images (language goals,
         jepa_world.language.objective) override this."""
         return build_cost_fn(self.world_model, z0, state0, self._goal_z, self.objective, self._goal_state,
-                             context_actions, self._goal_readout)
+                             context_actions, self._goal_readout, self.latent_offset)
+
+    def update_latent_offset(self) -> None:
+        """prediction_feedback: move the error estimate toward what the last prediction missed by."""
+        if self._predicted_next is None:
+            return
+        missed = self._latents[-1] - self._predicted_next  # (E, N, D): observed - predicted (without offset)
+        offset = torch.zeros_like(missed) if self.latent_offset is None else self.latent_offset
+        self.latent_offset = offset + self.prediction_feedback * (missed - offset)
+
+    def predict_next(self, z0: Tensor, state0: Tensor | None, context_actions: Tensor | None) -> Tensor:
+        """(E, N, D) latent the world model predicts after the plan's next replan_every actions."""
+        context = rollout_context(self.world_model, z0, state0, context_actions)
+        with torch.no_grad():
+            executed = torch.maximum(torch.minimum(self.last_plan[:, : self.replan_every], self.action_high), self.action_low)
+            return context_rollout(self.world_model, context, executed)[:, -1]
 
     def replan(self, start: float) -> PlanResult:
         z0, state0, context_actions = self.context()
@@ -251,6 +283,8 @@ class MPCAgent:
                                    time_budget_s=budget, device=self.device)
         self.last_plan, self.last_result = result.actions.detach(), result
         self._steps_since_plan = 0
+        if self.prediction_feedback > 0:
+            self._predicted_next = self.predict_next(z0, state0, context_actions)
         self.stats.plan_ms.append((time.perf_counter() - start) * 1e3)
         self.stats.iterations.append(result.iterations)
         self.stats.energies.append(result.best_cost.detach().cpu().numpy())

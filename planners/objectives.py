@@ -30,6 +30,10 @@ predicts for it and the goal image's latent, both layer-normed over the feature 
 * ``layer_norm`` layer-norms both latents before the distance; ``None`` follows the world
   model (on for its layer-normed token latents, off for SIGReg-shaped global embeddings).
 
+``latent_offset`` (E, N, D), when given, is added to every predicted latent before the distances:
+the MPC agent's estimate of the predictor's persistent error (``MPCAgent(prediction_feedback=...)``,
+offset-free MPC), from observed latents only.
+
 The context (current latent and state) is repeated for S candidates once per planning
 call (not at all for one env: the world model broadcasts a batch-1 context) and the goal
 latent is normalised once, so each iteration is one ``world_model.rollout`` call.
@@ -155,6 +159,26 @@ def reached_position_distance(start: Tensor, actions: Tensor, goal: Tensor) -> T
     return (reached - goal[:, None]).norm(dim=-1)
 
 
+def rollout_context(world_model, z0: Tensor, state0: Tensor | None,
+                    context_actions: Tensor | None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """(latents, states, actions) to start ``world_model.rollout`` from, for z0 (E, T0, N, D), state0
+    (E, T0, Ds) or None and context_actions (E, T0-1, A) or None: one frame in the plain (E, N, D) /
+    (E, Ds) form every world model accepts, states only if the predictor was trained with them."""
+    rollout_state0 = state0 if uses_states(world_model) else None
+    if z0.shape[1] == 1:
+        return z0[:, 0], None if rollout_state0 is None else rollout_state0[:, 0], None
+    return z0, rollout_state0, context_actions
+
+
+def context_rollout(world_model, context: tuple[Tensor, Tensor | None, Tensor | None], actions: Tensor,
+                    **kwargs) -> Tensor:
+    """``world_model.rollout`` from a ``rollout_context`` over actions (B, H, A) -> (B, H, N, D)."""
+    z_ctx, s_ctx, a_ctx = context
+    if a_ctx is not None:
+        kwargs["context_actions"] = a_ctx
+    return world_model.rollout(z_ctx, s_ctx, actions, **kwargs)
+
+
 def build_cost_fn(
     world_model,
     z0: Tensor,
@@ -164,6 +188,7 @@ def build_cost_fn(
     goal_state: Tensor | None = None,
     context_actions: Tensor | None = None,
     goal_readout: Tensor | None = None,
+    latent_offset: Tensor | None = None,
 ) -> CostFn:
     """Make ``cost_fn(actions (E,S,H,A)) -> (E,S)`` from per-env context and goal.
 
@@ -171,7 +196,8 @@ def build_cost_fn(
     ``context_actions`` (E, T0-1, A) the actions executed between them; state0: (E, Ds) or
     (E, T0, Ds), or None for a stateless world model; z_goal: (E, N, D); goal_state: (E, Ds),
     needed only when ``proprio_weight > 0``; goal_readout: (E, K) ``world_model.decode_state`` of the goal
-    frames, needed only when ``readout_weight > 0``.
+    frames, needed only when ``readout_weight > 0``; latent_offset: (E, N, D) added to every predicted
+    latent (module doc), or None.
     """
     config = (config or ObjectiveConfig()).resolve(world_model)
     config.validate()
@@ -204,12 +230,11 @@ def build_cost_fn(
             raise ValueError(f"readout_weight > 0 needs goal_readout = world_model.decode_state(goal frames) of shape "
                              f"({E}, {len(readout_dims)}), got {got}")
         start_readout = state0[:, -1][:, readout_dims]  # (E, K) observed now
+    if latent_offset is not None and latent_offset.shape != (E, *z0.shape[-2:]):
+        raise ValueError(f"latent_offset must be (E, N, D) = ({E}, {z0.shape[-2]}, {z0.shape[-1]}), "
+                         f"got {tuple(latent_offset.shape)}")
     # The predictor gets states only if it was trained with them; the proprio terms use them anyway.
-    rollout_state0 = state0 if uses_states(world_model) else None
-    if T0 == 1:  # the plain (S, N, D) / (S, Ds) form every world model accepts
-        context = (z0[:, 0], None if rollout_state0 is None else rollout_state0[:, 0], None)
-    else:
-        context = (z0, rollout_state0, context_actions)
+    context = rollout_context(world_model, z0, state0, context_actions)
     goal = normalize_latents(z_goal, config.layer_norm)[:, None, None]  # (E, 1, 1, N, D)
     expanded: dict[int, tuple[Tensor | None, ...]] = {}
 
@@ -229,14 +254,15 @@ def build_cost_fn(
     def predicted_latents(actions: Tensor) -> Tensor:
         """(E, S, H, A) -> (E*S, H, N, D) predicted latents of frames 1..H."""
         _, S, H, A = actions.shape
-        z_ctx, s_ctx, a_ctx = context_for(S)
-        flat = actions.reshape(E * S, H, A)
-        kwargs = {} if a_ctx is None else {"context_actions": a_ctx}
+        kwargs = {}
         if actions.requires_grad and torch.is_grad_enabled():
             # The KV cache is filled in place, which autograd cannot differentiate through; the
             # gradient planner uses the full re-run path instead.
             kwargs["use_kv_cache"] = False
-        return world_model.rollout(z_ctx, s_ctx, flat, **kwargs)  # (E*S, H, N, D)
+        pred = context_rollout(world_model, context_for(S), actions.reshape(E * S, H, A), **kwargs)  # (E*S, H, N, D)
+        if latent_offset is None:
+            return pred
+        return (pred.unflatten(0, (E, S)) + latent_offset[:, None, None]).flatten(0, 1)
 
     def latent_cost(pred: Tensor) -> Tensor:
         """(E*S, H, N, D) predictions -> (E, S) frame-weighted distance to the goal latent."""

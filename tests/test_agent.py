@@ -197,6 +197,30 @@ def test_replan_every_executes_plan_then_replans():
     assert len(agent.plan_ms) == 2
 
 
+def test_prediction_feedback_removes_a_persistent_prediction_error():
+    """The world drifts by DRIFT each step, which the model does not predict: plain MPC stops about DRIFT
+    short (it plans to land on the goal and drifts past it), the offset-free agent learns the drift from
+    observed latents and lands on the goal."""
+    drift, goal = np.array([0.08, 0.0]), np.array([0.3, 0.2])
+
+    def final_error(feedback: float) -> tuple[float, MPCAgent]:
+        agent = make_agent(horizon=1, prediction_feedback=feedback)
+        agent.reset(render_point(goal))
+        xy = np.array([-0.2, -0.1])
+        for _ in range(15):
+            xy = xy + agent.act(point_obs(xy)) + drift
+        return float(np.linalg.norm(xy - goal)), agent
+
+    plain, _ = final_error(0.0)
+    corrected, agent = final_error(1.0)
+    assert plain > 0.6 * np.linalg.norm(drift), plain
+    assert corrected < 0.25 * plain, (corrected, plain)
+    offset = agent.latent_offset[0, 0].numpy()  # (D=2): the estimated error is the drift, in latent units
+    assert np.linalg.norm(offset - drift) < 0.03, offset
+    agent.reset(render_point(goal))  # a new episode starts without an error estimate
+    assert agent.latent_offset is None
+
+
 def test_proprio_term_pulls_toward_goal_state():
     model = PointWorldModel()
     z = model.encode(torch.as_tensor(render_point(np.zeros(2)))[None].permute(0, 3, 1, 2))
@@ -258,6 +282,12 @@ def test_bad_observations_and_settings_raise_clear_errors():
         make_agent(replan_every=4)
     with pytest.raises(ValueError, match="context_frames must be >= 1, got 0"):
         make_agent(context_frames=0)
+    for gain in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match=r"prediction_feedback must be a gain in \[0, 1\]"):
+            make_agent(prediction_feedback=gain)
+    z = torch.zeros(1, 1, 2)
+    with pytest.raises(ValueError, match=r"latent_offset must be \(E, N, D\) = \(1, 1, 2\), got \(1, 2\)"):
+        build_cost_fn(PointWorldModel(), z, torch.zeros(1, 2), z, OBJECTIVE, latent_offset=torch.zeros(1, 2))
     with pytest.raises(ValueError, match="needs action_low and action_high"):
         MPCAgent(PointWorldModel(), make_planner("cem"))
     with pytest.raises(ValueError, match="unknown objective metric 'l3'"):

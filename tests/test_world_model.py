@@ -84,7 +84,9 @@ def test_cpu_rollout_runs_in_cache_sized_chunks_with_unchanged_results():
     chunked = wm.rollout(z0, state0, actions)
     wm.dynamics.config.rollout_chunk = samples  # an explicit setting wins: here, one chunk
     assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=True) == samples
-    assert torch.equal(wm.rollout(z0, state0, actions), chunked)
+    # Bit-identical on the Intel Xeon the chunking was measured on; other BLAS kernels (AMD EPYC) round a
+    # chunk's smaller matmuls differently, by about 1e-6.
+    torch.testing.assert_close(wm.rollout(z0, state0, actions), chunked, rtol=0, atol=1e-5)
 
 
 @torch.no_grad()

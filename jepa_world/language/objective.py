@@ -111,6 +111,8 @@ class LanguageGoalAgent(MPCAgent):
         # The goal is the sentence: the state readout must never decode the goal image passed to reset.
         agent_kwargs["objective"] = replace(agent_kwargs.get("objective") or ObjectiveConfig(), readout_weight=0.0)
         super().__init__(world_model, planner, **agent_kwargs)
+        if self.prediction_feedback > 0:  # the shared-space cost reads no predicted-latent offset
+            raise ValueError(f"prediction_feedback={self.prediction_feedback} is for image goals; set it to 0 for text goals")
         check_head_matches(head, meta, world_model)
         if position_weight < 0:
             raise ValueError(f"language_position_weight must be >= 0, got {position_weight}")
@@ -228,6 +230,7 @@ def build_language_agent(cfg: dict[str, Any], world_model, env, goal_texts: Goal
         replan_every=image_agent.replan_every, time_budget_s=image_agent.time_budget_s,
         action_low=env.action_space.low, action_high=env.action_space.high, objective=image_agent.objective,
         warm_start=image_agent.warm_start, seed=image_agent.seed, context_frames=image_agent.context_frames,
+        prediction_feedback=image_agent.prediction_feedback,
     )
 
 
