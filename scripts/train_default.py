@@ -1,6 +1,7 @@
 """Reproduce the shipped default world model: collect -> pretrain -> post-train end to end ->
 joint critic (that encoder trained on with the temporal-distance critic's loss, on a larger
-collection) -> refine (the frozen stage on the resulting latent encoder) -> evaluate.
+collection) -> refine (the frozen stage on the resulting latent encoder, on a larger collection
+still) -> evaluate.
 
     python scripts/train_default.py env=reach output_dir=outputs/reach-default ship=true
 
@@ -83,8 +84,8 @@ def ship(world_model_dir: Path, ship_dir: Path, provenance: dict) -> None:
 def main(cfg: DictConfig) -> None:
     out = Path(cfg.output_dir).resolve()
     env_name = str(cfg.env.name)
-    data_dir, refine_data_dir, pretrain_dir, posttrain_dir, joint_critic_dir, refine_dir, eval_dir = (
-        out / s for s in ("data", "refine_data", "pretrain", "posttrain", "joint_critic", "refine", "evaluate"))
+    data_dir, pretrain_dir, posttrain_dir, joint_critic_dir, refine_dir, eval_dir = (
+        out / s for s in ("data", "pretrain", "posttrain", "joint_critic", "refine", "evaluate"))
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"),
            "OMP_NUM_THREADS": str(cfg.threads), "MKL_NUM_THREADS": str(cfg.threads)}
     py = sys.executable
@@ -98,6 +99,16 @@ def main(cfg: DictConfig) -> None:
         return [py, "scripts/collect.py", f"env={env_name}", f"episodes={episodes}", f"seed={c.seed}",
                 f"expert_ratio={c.expert_ratio}", f"workers={c.workers}", f"output_dir={output_dir}"]
 
+    def collection(episodes: int | None) -> Path:
+        """The dataset of ``episodes`` episodes (null: collect's), collected once by its own stage. Every
+        collection has collect's seed, so the smaller ones are the first episodes of the larger ones."""
+        if not episodes or episodes == c.episodes:
+            return data_dir
+        directory = out / f"data_{episodes}"
+        run_stage(f"collect_{episodes}", collect_command(episodes, directory), directory / "meta" / "info.json",
+                  env, record, previous)
+        return directory
+
     run_stage("collect", collect_command(c.episodes, data_dir), data_dir / "meta" / "info.json", env, record, previous)
     run_stage("pretrain", [py, "scripts/pretrain.py", "data=trajectory", f"data.root={data_dir}",
                            *map(str, cfg.pretrain), f"output_dir={pretrain_dir}"],
@@ -107,21 +118,15 @@ def main(cfg: DictConfig) -> None:
                             f"output_dir={posttrain_dir}"],
               posttrain_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
     model_dir = posttrain_dir / "checkpoints" / "last"
-    refine_data = data_dir
-    if cfg.refine_episodes and (cfg.joint_critic or cfg.refine):
-        # a larger collection, same seed: its first collect.episodes episodes are the ones above
-        refine_data = refine_data_dir
-        run_stage("refine_collect", collect_command(cfg.refine_episodes, refine_data),
-                  refine_data / "meta" / "info.json", env, record, previous)
     if cfg.joint_critic:  # the end-to-end encoder trained on, the critic's loss shaping its latent
-        run_stage("joint_critic", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
-                                   *map(str, cfg.posttrain), *map(str, cfg.joint_critic),
+        run_stage("joint_critic", [py, "scripts/posttrain.py", f"data={collection(cfg.joint_critic_episodes)}",
+                                   f"encoder={model_dir}", *map(str, cfg.posttrain), *map(str, cfg.joint_critic),
                                    f"output_dir={joint_critic_dir}"],
                   joint_critic_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
         model_dir = joint_critic_dir / "checkpoints" / "last"
     if cfg.refine:  # the frozen stage: a new predictor (and the critic) on the end-to-end latent encoder
-        run_stage("refine", [py, "scripts/posttrain.py", f"data={refine_data}", f"encoder={model_dir}",
-                             *map(str, cfg.refine), f"output_dir={refine_dir}"],
+        run_stage("refine", [py, "scripts/posttrain.py", f"data={collection(cfg.refine_episodes)}",
+                             f"encoder={model_dir}", *map(str, cfg.refine), f"output_dir={refine_dir}"],
                   refine_dir / "checkpoints" / "last" / "model.safetensors", env, record, previous)
         model_dir = refine_dir / "checkpoints" / "last"
     run_stage("evaluate", [py, "scripts/evaluate.py", f"env={env_name}", f"model={model_dir}",

@@ -21,7 +21,8 @@ def hydra_list(key: str, overrides: list[str]) -> str:
 
 TOY = [
     "collect.episodes=6",
-    "refine_episodes=8",
+    "joint_critic_episodes=8",
+    "refine_episodes=10",
     hydra_list("pretrain", ["model=micro", "max_steps=4", "batch_size=4", "data.frame_step=2", "log_every=2",
                             "checkpoint_every=4"]),
     hydra_list("posttrain", ["mode=end_to_end", "loss=mse", "world_model.latent=global",
@@ -40,7 +41,7 @@ TOY = [
 ]
 
 
-STAGES = ("collect", "pretrain", "posttrain", "refine_collect", "joint_critic", "refine", "evaluate")
+STAGES = ("collect", "pretrain", "posttrain", "collect_8", "joint_critic", "collect_10", "refine", "evaluate")
 
 
 def run_recipe(out: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -65,9 +66,11 @@ def test_recipe_chains_all_stages_and_ships(tmp_path):
     assert record["refine"]["final"]["step"] == 10  # 6 prediction steps + 4 critic steps
     assert "encoder=" + str(out / "posttrain" / "checkpoints" / "last") in record["joint_critic"]["command"]
     assert "encoder=" + str(out / "joint_critic" / "checkpoints" / "last") in record["refine"]["command"]
-    for stage in ("joint_critic", "refine"):  # both read the larger collection
-        assert f"data={out / 'refine_data'}" in record[stage]["command"], stage
-    assert json.loads((out / "refine_data" / "meta" / "info.json").read_text())["total_episodes"] == 8
+    # each later stage reads its own, larger collection
+    assert f"data={out / 'data_8'} " in record["joint_critic"]["command"]
+    assert f"data={out / 'data_10'} " in record["refine"]["command"]
+    for episodes in (8, 10):
+        assert json.loads((out / f"data_{episodes}" / "meta" / "info.json").read_text())["total_episodes"] == episodes
     assert record["evaluate"]["aggregated"]["n_episodes"] == 2
 
     assert sorted(p.name for p in ship_dir.iterdir()) == ["config.json", "model.safetensors", "recipe.json"]
