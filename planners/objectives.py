@@ -139,12 +139,8 @@ def latent_distance(pred: Tensor, goal: Tensor, metric: str) -> Tensor:
     raise ValueError(f"unknown objective metric {metric!r}; choose one of {list(METRICS)}")
 
 
-def frame_weights(horizon: int, frames: str, discount: float, device: torch.device) -> Tensor:
-    """(H,) weights summing to 1 over the predicted frames."""
-    if frames == "last":
-        weights = torch.zeros(horizon, device=device)
-        weights[-1] = 1.0
-        return weights
+def frame_weights(horizon: int, discount: float, device: torch.device) -> Tensor:
+    """(H,) weights ``discount ** (H - 1 - h)`` over the predicted frames (frames="all"), summing to 1."""
     weights = discount ** torch.arange(horizon - 1, -1, -1, device=device, dtype=torch.float32)
     return weights / weights.sum()
 
@@ -271,7 +267,9 @@ def build_cost_fn(
             pred = pred[:, -1:]
         pred = normalize_latents(pred, config.layer_norm).reshape(E, S, pred.shape[1], *pred.shape[-2:])
         per_frame = latent_distance(pred, goal, config.metric)  # (E, S, H') with H' = 1 or H
-        weights = frame_weights(per_frame.shape[-1], config.frames, config.discount, pred.device)
+        if config.frames == "last":
+            return per_frame[..., 0]
+        weights = frame_weights(per_frame.shape[-1], config.discount, pred.device)
         return per_frame @ weights
 
     def critic_cost(pred: Tensor) -> Tensor:

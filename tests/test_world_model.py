@@ -221,6 +221,22 @@ def test_frozen_latent_encoder_never_trains_and_a_trainable_one_does():
     trainable.embed(frames(2)).sum().backward()
     assert trainable.encoder.patch_embed.proj.weight.grad.abs().sum() > 0
 
+def test_encode_gives_the_inference_latent_in_either_mode_and_keeps_the_mode():
+    torch.manual_seed(0)
+    encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
+    config = LatentConfig(latent="global", normalize_latents=False, latent_dim=16, projector_hidden=32, trainable_encoder=True)
+    wm = WorldModel.create(encoder, ACTION_DIM, 0, config, size="micro")
+    batch_norm = wm.projector.net[1]
+    batch_norm.running_mean.fill_(0.5)  # away from the batch's own statistics, so a train-mode pass would show
+    x = frames(3)
+    inference = wm.eval().encode(x)
+    running_mean = batch_norm.running_mean.clone()
+    assert not wm.latent_encoder.training
+    torch.testing.assert_close(wm.train().encode(x), inference, rtol=0, atol=0)
+    assert wm.latent_encoder.training and batch_norm.training  # restored after the call
+    torch.testing.assert_close(batch_norm.running_mean, running_mean, rtol=0, atol=0)  # statistics untouched
+    assert not torch.allclose(wm.embed(x), inference)  # in train mode embed uses the batch's statistics
+
 
 def test_token_grid_view_shares_the_vit_and_is_keyed_apart():
     wm = make_world_model(latent_pool=2)
