@@ -1,0 +1,83 @@
+"""ms per action of the shipped model's MPC agent under each speed route, interleaved in one process.
+
+    MUJOCO_GL=egl python benchmarks/agent_speed_routes.py [--model checkpoints/reach-default] [--rounds 10]
+
+Routes: fp32 on 1 thread (plan.py's default), fp32 on 2 threads, the compiled cached step
+(`compile_rollout=true`) and bf16 autocast (`rollout_precision=bf16`). Each round runs 10 actions of
+every route in turn, so load changes on a shared machine hit all routes alike; compare the ratios.
+The planner is conf/planner/cem_fast.yaml at horizon 1, the reach env's observation of seed 3 and
+the goal image of seed 4.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import yaml  # noqa: E402
+
+import envs  # noqa: E402
+from jepa_world import evaluation as ev  # noqa: E402
+from planners import make_planner  # noqa: E402
+from planners.agent import MPCAgent  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ROUTES = {  # name: (rollout path, torch threads)
+    "fp32, 1 thread": ("eager", 1),
+    "fp32, 2 threads": ("eager", 2),
+    "compiled, 1 thread": ("compile", 1),
+    "bf16, 1 thread": ("bf16", 1),
+}
+
+
+def build_agent(model: str, path: str, goal: np.ndarray, low: np.ndarray, high: np.ndarray) -> MPCAgent:
+    wm = ev.load_world_model(model, "reach")
+    if path == "compile":
+        wm.predictor.compile_decoding()
+    elif path == "bf16":
+        wm.predictor.autocast_decoding(torch.bfloat16)
+    planner_cfg = yaml.safe_load((ROOT / "conf" / "planner" / "cem_fast.yaml").read_text())
+    planner_cfg.pop("name")
+    agent = MPCAgent(wm, make_planner("cem", **planner_cfg), horizon=1, action_low=low, action_high=high)
+    agent.reset(goal)
+    return agent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "checkpoints" / "reach-default"))
+    parser.add_argument("--rounds", type=int, default=10)
+    args = parser.parse_args()
+    env = envs.make("reach")
+    obs, _ = env.reset(seed=3)
+    goal, _ = envs.make("reach").reset(seed=4)
+    low, high = env.action_space.low, env.action_space.high
+    agents = {name: build_agent(args.model, path, goal["pixels"], low, high) for name, (path, _) in ROUTES.items()}
+    for name, (_, threads) in ROUTES.items():
+        torch.set_num_threads(threads)
+        start = time.perf_counter()
+        for _ in range(5):
+            agents[name].act(obs)
+        print(f"{name}: warm-up {time.perf_counter() - start:.1f} s", flush=True)
+    times: dict[str, list[float]] = {name: [] for name in ROUTES}
+    for _ in range(args.rounds):
+        for name, (_, threads) in ROUTES.items():
+            torch.set_num_threads(threads)
+            for _ in range(10):
+                start = time.perf_counter()
+                agents[name].act(obs)
+                times[name].append(time.perf_counter() - start)
+    base = np.median(times["fp32, 1 thread"])
+    print("| route | median ms per action | p90 | vs fp32 1 thread |\n|---|---|---|---|")
+    for name, values in times.items():
+        print(f"| {name} | {1e3 * np.median(values):.1f} | {1e3 * np.percentile(values, 90):.1f} | "
+              f"{base / np.median(values):.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
