@@ -8,8 +8,9 @@ Anchors (local copies, never installed into the project's environment):
   * ``--vjepa2 PATH``: a checkout of facebookresearch/vjepa2. Its ``src.models.ac_predictor`` and
     ``notebooks/utils`` (the AC predictor and ``cem`` planner its robot notebook calls) are imported
     from there; it needs scipy and timm, which the project's environment has.
-  * ``--swm-site PATH``: the site-packages of a venv holding ``stable-worldmodel==0.1.1`` (pip install
-    it there with torch pinned to the project's 2.14.1). It is appended to sys.path, so the project's own
+  * ``--swm-site PATH``: the site-packages of a venv holding ``stable-worldmodel==0.1.1`` (``pip install
+    "torch==2.14.1" "stable-worldmodel==0.1.1" opencv-python-headless imageio`` there: it imports the last
+    two without declaring them). It is appended to sys.path, so the project's own
     torch and packages still win; ``stable_worldmodel`` and its dependencies come from there.
 An anchor that cannot be imported is reported with the exact module that failed; the rest still runs.
 

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
-from jepa_world.models.layers import Attention, explicit_attention
+from jepa_world.models.layers import SHORT_ATTENTION_KEYS, Attention, explicit_attention
 
 
 def small_dynamics() -> Dynamics:
@@ -79,9 +79,10 @@ def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_explicit_attention_matches_sdpa_and_serves_short_bf16_attention_on_cpu(masked: bool) -> None:
-    """bf16 attention over few keys runs as explicit matmul + softmax on CPU (the flash kernel is 2-3x
-    slower there); it computes what scaled_dot_product_attention does, masks included."""
+def test_explicit_attention_matches_sdpa_and_serves_short_cpu_attention(masked: bool) -> None:
+    """Attention over few keys runs as explicit matmul + softmax on CPU in bf16 and on several fp32 threads
+    (where the flash kernel is the slower one), the kernel on one fp32 thread; the explicit path computes what
+    scaled_dot_product_attention does, masks included."""
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(5, 3, n, 16, generator=g) for n in (4, 10, 10))
     mask = torch.rand(4, 10, generator=g) > 0.3 if masked else None
@@ -98,3 +99,15 @@ def test_explicit_attention_matches_sdpa_and_serves_short_bf16_attention_on_cpu(
     with torch.no_grad():
         reference = attention.proj(expected.transpose(1, 2).flatten(2))
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
+
+    threads = torch.get_num_threads()
+    try:
+        with torch.no_grad():
+            for n_threads, path in ((1, expected), (2, explicit_attention(q, k, v, mask))):
+                torch.set_num_threads(n_threads)
+                assert torch.equal(attention.attend(q, k, v, mask), attention.proj(path.transpose(1, 2).flatten(2)))
+            long_keys = torch.randn(5, 3, SHORT_ATTENTION_KEYS + 1, 16, generator=g)
+            kernel = F.scaled_dot_product_attention(q, long_keys, long_keys)
+            assert torch.equal(attention.attend(q, long_keys, long_keys), attention.proj(kernel.transpose(1, 2).flatten(2)))
+    finally:
+        torch.set_num_threads(threads)

@@ -13,10 +13,13 @@ from torch.utils.checkpoint import checkpoint
 from jepa_world.models.rope import RopeTables, apply_rope
 
 LAYER_NORM_EPS = 1e-6
-# Up to this many keys, bf16 attention on CPU runs as explicit matmul + softmax: the CPU flash kernel
-# takes 2-3x longer there (300 x 6 heads x 2 queries x 10 keys: 2.0 vs 0.96 ms; 18 x 36: 5.9 vs 4.2 ms),
-# while in fp32 it is as fast or faster, and for long sequences it saves memory. docs/planning.md, Speed.
-SHORT_BF16_ATTENTION_KEYS = 64
+# Up to this many keys, CPU attention runs as explicit matmul + softmax wherever the CPU flash kernel of
+# scaled_dot_product_attention is the slower one (docs/planning.md, Speed): in bf16 (2-3x slower: 300 x 6 heads
+# x 2 queries x 10 keys: 2.0 vs 0.96 ms) and in fp32 with more than one thread, where the kernel's parallel
+# loop costs more than the work (2 threads, AMD EPYC: 2.7 vs 0.56 ms at 300 x 2 x 10; 6.0 vs 3.1 ms at
+# 300 x 18 x 36). On one fp32 thread the kernel is as fast or faster (0.57 vs 1.2 ms for single queries).
+# Long sequences keep the kernel, which never materialises the score matrix.
+SHORT_ATTENTION_KEYS = 64
 
 
 class Mlp(nn.Module):
@@ -55,7 +58,7 @@ class Attention(nn.Module):
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
-        if q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[-2] <= SHORT_BF16_ATTENTION_KEYS:
+        if prefers_explicit_attention(q, k):
             out = explicit_attention(q, k, v, attn_mask)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Nq, hd)
@@ -64,6 +67,12 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, rope: RopeTables | None = None, attn_mask: Tensor | None = None) -> Tensor:
         q, k, v = self.project_qkv(x, rope)
         return self.attend(q, k, v, attn_mask)
+
+
+def prefers_explicit_attention(q: Tensor, k: Tensor) -> bool:
+    """Whether ``explicit_attention`` beats the SDPA kernel here (``SHORT_ATTENTION_KEYS``)."""
+    short_on_cpu = q.device.type == "cpu" and k.shape[-2] <= SHORT_ATTENTION_KEYS
+    return short_on_cpu and (q.dtype == torch.bfloat16 or torch.get_num_threads() > 1)
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
