@@ -79,7 +79,7 @@ def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_explicit_attention_matches_sdpa_and_serves_short_cpu_attention(masked: bool) -> None:
+def test_explicit_attention_matches_sdpa_and_serves_short_cpu_attention(masked: bool, one_thread) -> None:
     """Attention over few keys runs as explicit matmul + softmax on CPU in bf16 and on several fp32 threads
     (where the flash kernel is the slower one), the kernel on one fp32 thread; the explicit path computes what
     scaled_dot_product_attention does, masks included."""
@@ -100,14 +100,13 @@ def test_explicit_attention_matches_sdpa_and_serves_short_cpu_attention(masked: 
         reference = attention.proj(expected.transpose(1, 2).flatten(2))
     torch.testing.assert_close(out.float(), reference, rtol=0.05, atol=0.05)
 
-    threads = torch.get_num_threads()
-    try:
-        with torch.no_grad():
-            for n_threads, path in ((1, expected), (2, explicit_attention(q, k, v, mask))):
-                torch.set_num_threads(n_threads)
-                assert torch.equal(attention.attend(q, k, v, mask), attention.proj(path.transpose(1, 2).flatten(2)))
-            long_keys = torch.randn(5, 3, SHORT_ATTENTION_KEYS + 1, 16, generator=g)
-            kernel = F.scaled_dot_product_attention(q, long_keys, long_keys)
-            assert torch.equal(attention.attend(q, long_keys, long_keys), attention.proj(kernel.transpose(1, 2).flatten(2)))
-    finally:
-        torch.set_num_threads(threads)
+    def merged(heads: torch.Tensor) -> torch.Tensor:  # (B, H, Nq, hd) -> the layer's (B, Nq, D) output
+        return attention.proj(heads.transpose(1, 2).flatten(2))
+
+    long_keys = torch.randn(5, 3, SHORT_ATTENTION_KEYS + 1, 16, generator=g)
+    with torch.no_grad():  # fp32: the kernel on one thread (the one_thread fixture), explicit on two
+        assert torch.equal(attention.attend(q, k, v, mask), merged(expected))
+        torch.set_num_threads(2)
+        assert torch.equal(attention.attend(q, k, v, mask), merged(explicit_attention(q, k, v, mask)))
+        kernel = F.scaled_dot_product_attention(q, long_keys, long_keys)
+        assert torch.equal(attention.attend(q, long_keys, long_keys), merged(kernel))  # long keys keep the kernel

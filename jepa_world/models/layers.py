@@ -72,6 +72,8 @@ class Attention(nn.Module):
 def prefers_explicit_attention(q: Tensor, k: Tensor) -> bool:
     """Whether ``explicit_attention`` beats the SDPA kernel here (``SHORT_ATTENTION_KEYS``)."""
     short_on_cpu = q.device.type == "cpu" and k.shape[-2] <= SHORT_ATTENTION_KEYS
+    # torch.compile reads the thread count once, when it traces: a graph keeps its path if the count changes
+    # later, which costs speed only (the two paths agree to about 2e-7).
     return short_on_cpu and (q.dtype == torch.bfloat16 or torch.get_num_threads() > 1)
 
 
