@@ -1,10 +1,11 @@
 """ms per action of the shipped model's MPC agent under each speed route, interleaved in one process.
 
-    MUJOCO_GL=egl python benchmarks/agent_speed_routes.py [--model checkpoints/reach-default] [--rounds 10]
+    MUJOCO_GL=egl python benchmarks/agent_speed_routes.py [--models checkpoints/reach-default [OTHER ...]] [--rounds 10]
 
 Routes: fp32 on 1 thread (plan.py's default), fp32 on 2 threads, the compiled cached step
-(`compile_rollout=true`) and bf16 autocast (`rollout_precision=bf16`). Each round runs 10 actions of
-every route in turn, so load changes on a shared machine hit all routes alike; compare the ratios.
+(`compile_rollout=true`) and bf16 autocast (`rollout_precision=bf16`), for each model given. Each round
+runs 10 actions of every model and route in turn, so load changes on a shared machine hit all of them
+alike; compare the ratios (against the first model's fp32 on 1 thread).
 The planner is conf/planner/cem_fast.yaml at horizon 1, the reach env's observation of seed 3 and
 the goal image of seed 4.
 """
@@ -50,34 +51,34 @@ def build_agent(model: str, path: str, goal: np.ndarray, low: np.ndarray, high: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "checkpoints" / "reach-default"))
+    parser.add_argument("--models", nargs="+", default=[str(ROOT / "checkpoints" / "reach-default")])
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
     env = envs.make("reach")
     obs, _ = env.reset(seed=3)
     goal, _ = envs.make("reach").reset(seed=4)
     low, high = env.action_space.low, env.action_space.high
-    agents = {name: build_agent(args.model, path, goal["pixels"], low, high) for name, (path, _) in ROUTES.items()}
-    for name, (_, threads) in ROUTES.items():
+    runs = {(model, route): threads for model in args.models for route, (_, threads) in ROUTES.items()}
+    agents = {(model, route): build_agent(model, ROUTES[route][0], goal["pixels"], low, high) for model, route in runs}
+    for key, threads in runs.items():
         torch.set_num_threads(threads)
         start = time.perf_counter()
         for _ in range(5):
-            agents[name].act(obs)
-        print(f"{name}: warm-up {time.perf_counter() - start:.1f} s", flush=True)
-    times: dict[str, list[float]] = {name: [] for name in ROUTES}
+            agents[key].act(obs)
+        print(f"{key[0]}, {key[1]}: warm-up {time.perf_counter() - start:.1f} s", flush=True)
+    times: dict[tuple[str, str], list[float]] = {key: [] for key in runs}
     for _ in range(args.rounds):
-        for name, (_, threads) in ROUTES.items():
+        for key, threads in runs.items():
             torch.set_num_threads(threads)
             for _ in range(10):
                 start = time.perf_counter()
-                agents[name].act(obs)
-                times[name].append(time.perf_counter() - start)
-    base = np.median(times["fp32, 1 thread"])
-    print("| route | median ms per action | p90 | vs fp32 1 thread |\n|---|---|---|---|")
-    for name, values in times.items():
-        print(f"| {name} | {1e3 * np.median(values):.1f} | {1e3 * np.percentile(values, 90):.1f} | "
+                agents[key].act(obs)
+                times[key].append(time.perf_counter() - start)
+    base = np.median(times[(args.models[0], "fp32, 1 thread")])
+    print("| model | route | median ms per action | p90 | vs first model, fp32 1 thread |\n|---|---|---|---|---|")
+    for (model, route), values in times.items():
+        print(f"| {model} | {route} | {1e3 * np.median(values):.1f} | {1e3 * np.percentile(values, 90):.1f} | "
               f"{base / np.median(values):.2f}x |")
-
 
 if __name__ == "__main__":
     main()

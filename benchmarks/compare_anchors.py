@@ -23,6 +23,9 @@ Configurations:
     token per frame (192-d), actions of 2 dims in blocks of 5. Its LeWM predictor (AdaLN-conditioned,
     history 3, no KV cache) and ours are built at equal depth, width, heads and MLP width (6 x 192,
     6 heads, MLP 768); the architectures differ, so parameters and FLOPs per call are printed beside.
+    Ours runs in both action layouts: "ours" with V-JEPA 2-AC's action token (2 tokens per step) and
+    "ours additive" with the action embedding added to the frame token (``conditioning="additive"``,
+    1 token per step like stable-worldmodel's).
 Ours is timed eager, with ``ACPredictor.compile_decoding()`` (torch.compile of the cached step), and
 compiled under ``ACPredictor.autocast_decoding(torch.bfloat16)`` (not exact; fast where the CPU has
 AMX); rollout-only rows add sample chunks (``rollout_chunk``) and eager bf16.
@@ -121,19 +124,25 @@ def fast_copy(dynamics: Dynamics, compiled: bool, low_precision: bool) -> Dynami
     return fast
 
 
-def anchor_rows(anchor: str, plan_anchor: Callable[[], None], anchor_params_m: float, dynamics: Dynamics,
+def anchor_rows(anchor: str, plan_anchor: Callable[[], None], anchor_params_m: float, models: dict[str, Dynamics],
                 plan_with: Callable[[Dynamics], Callable[[], None]], repeats: int) -> list[Row]:
-    """Rows for one planning call of the anchor and of ours eager, compiled, and compiled under bf16
-    autocast, timed round-robin; ``plan_with(model)`` is our planning call on that model."""
-    routes = {"ours eager": dynamics, "ours compiled": fast_copy(dynamics, True, False),
-              "ours compiled, bf16 autocast": fast_copy(dynamics, True, True)}
-    fns = {anchor: plan_anchor, **{name: plan_with(model) for name, model in routes.items()}}
+    """Rows for one planning call of the anchor and, for each of our ``{name: model}``, of that model eager,
+    compiled, and compiled under bf16 autocast, all timed round-robin; ``plan_with(model)`` is our planning
+    call on that model."""
+    routes: dict[str, tuple[str, Dynamics]] = {}  # row -> (our model's name, the model timed)
+    for name, dynamics in models.items():
+        routes[f"{name} eager"] = (name, dynamics)
+        routes[f"{name} compiled"] = (name, fast_copy(dynamics, True, False))
+        routes[f"{name} compiled, bf16 autocast"] = (name, fast_copy(dynamics, True, True))
+    fns = {anchor: plan_anchor, **{row: plan_with(model) for row, (_, model) in routes.items()}}
     times = round_robin(fns, repeats)
     with torch.no_grad():  # our routes do the same arithmetic; the counter sees only eager fp32 ops
-        flops = {anchor: count_flops(plan_anchor), "ours": count_flops(plan_with(dynamics))}
-    ours_params_m = parameters_m(dynamics.predictor)
-    return [Row(name, times[name][1], times[name][0], flops.get(name, flops["ours"]) / 1e9,
-                anchor_params_m if name == anchor else ours_params_m) for name in fns]
+        flops = {name: count_flops(plan_with(dynamics)) for name, dynamics in models.items()}
+        anchor_flops = count_flops(plan_anchor)
+    rows = [Row(anchor, times[anchor][1], times[anchor][0], anchor_flops / 1e9, anchor_params_m)]
+    rows += [Row(row, times[row][1], times[row][0], flops[name] / 1e9, parameters_m(models[name].predictor))
+             for row, (name, _) in routes.items()]
+    return rows
 
 
 # --------------------------------------------------------------------------- official V-JEPA 2-AC
@@ -191,7 +200,8 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
             planner.plan(cost_fn, 1, horizon, -high, high, generator=torch.Generator().manual_seed(0))
         return run
 
-    rows = anchor_rows("official V-JEPA 2-AC CEM", plan_official, parameters_m(official), dynamics, plan_ours, repeats)
+    rows = anchor_rows("official V-JEPA 2-AC CEM", plan_official, parameters_m(official), {"ours": dynamics}, plan_ours,
+                       repeats)
     rows += rollout_routes(dynamics, z0, pose0, torch.zeros(samples, horizon, action_dim), iterations, repeats)
     return rows, check
 
@@ -240,9 +250,14 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
     # The solver encodes nothing when the embeddings are given; 'pixels' only tells it the history length.
     info = {"pixels": torch.zeros(1, 1), "goal": torch.zeros(1, 1), "emb": z0, "goal_emb": z_goal}
 
-    ours = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=action_dim, grid_hw=(1, 1), dim=WIDTH,
-                                         depth=DEPTH, num_heads=HEADS)).eval().requires_grad_(False)
-    dynamics = Dynamics(ours, DynamicsConfig(), normalize_outputs=False)
+    # Ours in both action layouts: V-JEPA 2-AC's action token beside the frame token (2 tokens per step), and the
+    # action embedding added to the frame token (1 token per step, as stable-worldmodel's predictor has).
+    models = {}
+    for name, conditioning in (("ours", "tokens"), ("ours additive", "additive")):
+        torch.manual_seed(0)
+        ours = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=action_dim, grid_hw=(1, 1), dim=WIDTH,
+                                             depth=DEPTH, num_heads=HEADS, conditioning=conditioning))
+        models[name] = Dynamics(ours.eval().requires_grad_(False), DynamicsConfig(), normalize_outputs=False)
     # stable-worldmodel samples unbounded N(mean, 1) candidates and refits without momentum; a +-3 box
     # with init_std 1/3 of its half range gives the same spread and almost never clips.
     planner = make_planner("cem", samples=samples, elites=30, iterations=iterations, momentum_mean=0.0,
@@ -261,7 +276,7 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
         return run
 
     return anchor_rows("stable-worldmodel CEMSolver + LeWM", plan_swm,
-                       parameters_m(predictor) + parameters_m(action_encoder), dynamics, plan_ours, repeats)
+                       parameters_m(predictor) + parameters_m(action_encoder), models, plan_ours, repeats)
 
 
 # --------------------------------------------------------------------------- report

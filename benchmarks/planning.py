@@ -2,6 +2,7 @@
 
     MUJOCO_GL=egl python benchmarks/planning.py [--model DIR] [--planner cem] [--samples 300]
         [--iterations 10] [--horizons 1 5] [--envs 1 4] [--contexts 1 4] [--repeats 3] [--threads 2]
+    MUJOCO_GL=egl python benchmarks/planning.py --random [--size tiny] [--latent global] [--conditioning additive] ...
 
 For each horizon it times, in one process:
   * predictor: the rollout calls a planning call makes (iterations x one KV-cached rollout of all
@@ -17,8 +18,9 @@ GFLOP/s (FLOPs counted by torch's FlopCounterMode) against a measured fp32 matmu
 Ratios and GFLOP/s use process CPU time (x threads), which counts the work done even when other
 jobs starve the process; wall times are shown too (cpu/wall well below the thread count means
 the process was starved while measuring). --threads 1 avoids a spinning 2-thread pool on a busy box.
-Without --model (and no shipped checkpoints/reach-default) the model is the default posttrain
-architecture with random weights: speed does not depend on the weights.
+Without --model (and no shipped checkpoints/reach-default), or with --random, the model is the default
+posttrain architecture with random weights (speed does not depend on the weights); --size, --latent and
+--conditioning resize it.
 Timings on a shared machine swing; compare ratios within one run (cpu/wall ~ threads means the
 process was not starved).
 """
@@ -40,6 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import envs  # noqa: E402
 from envs.arm import ARM_STATE_DIM, ArmEnv  # noqa: E402
 from jepa_world import evaluation as ev  # noqa: E402
+from jepa_world.models.ac_predictor import CONDITIONINGS  # noqa: E402
 from jepa_world.models.vit import build_encoder  # noqa: E402
 from jepa_world.world_model import WorldModel, split_world_model_config  # noqa: E402
 from planners import make_planner  # noqa: E402
@@ -56,12 +59,22 @@ def default_world_model(model: str | None) -> tuple[WorldModel, str]:
     except FileNotFoundError:
         if model is not None:
             raise
+    return random_world_model({})
+
+
+def random_world_model(overrides: dict[str, str]) -> tuple[WorldModel, str]:
+    """The posttrain default architecture (conf/posttrain.yaml) with random weights (speed does not depend
+    on them); ``overrides`` may replace its ``latent`` and its predictor's ``size`` and ``conditioning``."""
     posttrain = yaml.safe_load((ROOT / "conf" / "posttrain.yaml").read_text())
     encoder = build_encoder("tiny", img_size=64, patch_size=posttrain["random_encoder"]["patch_size"])
     fields = {**posttrain["world_model"], "integrated_state_dims": ArmEnv.action_state_map}  # null there: the data's map
+    predictor = {**posttrain["predictor"], **{k: v for k, v in overrides.items() if k != "latent"}}
+    if overrides.get("latent") == "global":  # one projected embedding per frame, shaped by SIGReg, not normalised
+        fields.update(latent="global", normalize_latents=False)
     wm = WorldModel.create(encoder, len(ArmEnv.action_names), ARM_STATE_DIM, *split_world_model_config(fields),
-                           size=posttrain["predictor"]["size"])
-    return wm.eval().requires_grad_(False), f"random-init posttrain default (encoder tiny, predictor {posttrain['predictor']['size']})"
+                           **predictor)
+    described = ", ".join(f"{k} {v}" for k, v in {"latent": fields["latent"], **predictor}.items())
+    return wm.eval().requires_grad_(False), f"random-init posttrain default (encoder tiny, {described})"
 
 
 def planner_config(name: str, overrides: dict) -> dict:
@@ -160,6 +173,13 @@ def bench(wm: WorldModel, planner_name: str, cfg: dict, horizon: int, num_envs: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="world-model dir (default: checkpoints/reach-default or random init)")
+    parser.add_argument("--random", action="store_true",
+                        help="a random-init model of the posttrain default architecture, resized by the options below")
+    parser.add_argument("--size", default=None, help="--random: predictor size (micro, mini, tiny, small, vjepa2-ac)")
+    parser.add_argument("--latent", default=None, choices=["tokens", "global"],
+                        help="--random: tokens (16 per frame) or global (1 per frame)")
+    parser.add_argument("--conditioning", default=None, choices=list(CONDITIONINGS),
+                        help="--random: action/state tokens (V-JEPA 2-AC) or added to the frame tokens")
     parser.add_argument("--planner", default="cem", choices=["cem", "mppi", "adam"])
     parser.add_argument("--samples", type=int, default=None)
     parser.add_argument("--iterations", type=int, default=None)
@@ -174,7 +194,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    wm, model_name = default_world_model(args.model)
+    random_overrides = {k: v for k, v in (("size", args.size), ("latent", args.latent),
+                                          ("conditioning", args.conditioning)) if v is not None}
+    if random_overrides and not args.random:
+        parser.error("--size, --latent and --conditioning shape the --random model")
+    if args.random and args.model:
+        parser.error("--random and --model are alternatives")
+    wm, model_name = random_world_model(random_overrides) if args.random else default_world_model(args.model)
     if args.compile:
         wm.predictor.compile_decoding()
         model_name += ", compiled decoding"

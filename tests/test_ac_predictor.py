@@ -4,6 +4,7 @@ import torch
 
 from jepa_world.models.ac_predictor import (
     AC_PREDICTOR_SIZES,
+    CONDITIONINGS,
     ACPredictor,
     ACPredictorConfig,
     load_official_state_dict,
@@ -28,9 +29,10 @@ def make_inputs(batch: int = 2, steps: int = 4, seed: int = 1):
     return z, actions, states
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
 @torch.no_grad()
-def test_future_inputs_do_not_change_earlier_outputs():
-    model = make_predictor()
+def test_future_inputs_do_not_change_earlier_outputs(conditioning):
+    model = make_predictor(conditioning=conditioning)
     z, actions, states = make_inputs()
     base = model(z, actions, states)
     for changed in ("z", "actions", "states"):
@@ -41,18 +43,20 @@ def test_future_inputs_do_not_change_earlier_outputs():
         assert (out[:, 2:] - base[:, 2:]).abs().amax() > 1e-6, f"step-2 {changed} must influence steps >= 2"
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
 @torch.no_grad()
-def test_action_and_state_condition_the_same_step():
-    model = make_predictor()
+def test_action_and_state_condition_the_same_step(conditioning):
+    model = make_predictor(conditioning=conditioning)
     z, actions, states = make_inputs(steps=1)
     base = model(z, actions, states)
     assert (model(z, actions + 1, states) - base).abs().amax() > 1e-6
     assert (model(z, actions, states + 1) - base).abs().amax() > 1e-6
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
 @torch.no_grad()
-def test_kv_cache_matches_full_forward_step_by_step_and_in_chunks():
-    model = make_predictor()
+def test_kv_cache_matches_full_forward_step_by_step_and_in_chunks(conditioning):
+    model = make_predictor(conditioning=conditioning)
     z, actions, states = make_inputs(steps=5)
     full = model(z, actions, states)
     cache = model.new_cache(z.shape[0], 5, z)
@@ -66,9 +70,10 @@ def test_kv_cache_matches_full_forward_step_by_step_and_in_chunks():
         model.forward_cached(z[:, :1], actions[:, :1], states[:, :1], cache)
 
 
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
 @torch.no_grad()
-def test_batch1_cache_expands_to_many_samples():
-    model = make_predictor()
+def test_batch1_cache_expands_to_many_samples(conditioning):
+    model = make_predictor(conditioning=conditioning)
     z, actions, states = make_inputs(batch=1, steps=3)
     cache = model.new_cache(1, 4, z)
     model.forward_cached(z, actions, states, cache)
@@ -93,6 +98,9 @@ def test_mask_is_sized_by_the_steps_fed():
     assert mask.shape == (3 * n, 3 * n)
     assert mask[:n, :n].all() and not mask[:n, n:].any()  # full within a step, no look-ahead
     assert mask[2 * n :, :].all()  # last step sees everything
+    additive = make_predictor(conditioning="additive")
+    assert additive.config.step_tokens == 9  # actions/states ride on the frame tokens
+    assert additive.block_causal_mask(3, torch.device("cpu")).shape == (27, 27)
 
 
 def test_cond_tokens_rotate_time_only_and_frames_rotate_all_axes():
@@ -190,6 +198,8 @@ def test_config_validation_and_official_size():
         ACPredictorConfig(size="huge")
     with pytest.raises(ValueError, match="num_heads"):
         ACPredictorConfig(dim=30, num_heads=4)
+    with pytest.raises(ValueError, match="unknown conditioning 'concat'"):
+        ACPredictorConfig(conditioning="concat")
     cfg = ACPredictorConfig(size="vjepa2-ac", encoder_dim=1408, action_dim=7, state_dim=7, grid_hw=(16, 16), extrinsics_dim=6)
     assert (cfg.dim, cfg.depth, cfg.num_heads) == AC_PREDICTOR_SIZES["vjepa2-ac"] == (1024, 24, 16)
     with torch.device("meta"):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 from jepa_world.data.collection import CollectConfig, collect
 from jepa_world.data.feature_cache import FeatureCacheMismatchError, WindowSampler, load_or_build_feature_cache
 from jepa_world.data.trajectory import TrajectoryDataset
+from jepa_world.models.ac_predictor import CONDITIONINGS
 from jepa_world.models.vit import build_encoder
 from jepa_world.model_format import module_tensors, read_tensors, save_checkpoint
 from jepa_world.training.posttrain import PosttrainConfig, load_encoder, run_posttrain
@@ -111,10 +112,12 @@ def test_posttrain_resumes_exactly_and_writes_a_world_model(reach_data, tmp_path
     assert out.shape == (4, 3, z0.shape[1], z0.shape[2]) and torch.isfinite(out).all()
 
 
-def test_posttrain_loss_decreases(reach_data, tmp_path):
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_posttrain_loss_decreases(reach_data, tmp_path, conditioning):
     # an absolute (non-residual) head starts far from the targets, so learning is plain to see
     cfg = small_config(reach_data, tmp_path / "run", max_steps=30, log_every=5, save_every=30, eval_every=30,
-                       predictor={"size": "micro", "predict_residual": False}, optim={"lr": 2e-3, "warmup_steps": 3})
+                       predictor={"size": "micro", "predict_residual": False, "conditioning": conditioning},
+                       optim={"lr": 2e-3, "warmup_steps": 3})
     run_posttrain(cfg)
     losses = [r["loss"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")]
     assert losses[-1] < 0.5 * losses[0], losses

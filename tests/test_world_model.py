@@ -9,17 +9,20 @@ from jepa_world.models.vit import build_encoder
 from jepa_world.model_format import CheckpointError
 from jepa_world.dynamics import CPU_CHUNK_TOKENS, DynamicsConfig
 from jepa_world.latent_encoder import LatentConfig
+from jepa_world.models.ac_predictor import CONDITIONINGS
 from jepa_world.world_model import WorldModel, split_world_model_config
 
 ACTION_DIM, STATE_DIM = 3, 5
 
 
-def make_world_model(latent_pool: int = 2, state_dim: int = STATE_DIM, **config) -> WorldModel:
+def make_world_model(latent_pool: int = 2, state_dim: int = STATE_DIM, conditioning: str = "tokens",
+                     **config) -> WorldModel:
     torch.manual_seed(0)
     encoder = build_encoder("micro", img_size=32, patch_size=8, depth=1)
     dims = (0, 1, 2) if state_dim else ()
     return WorldModel.create(encoder, ACTION_DIM, state_dim, LatentConfig(latent_pool=latent_pool, **config),
-                             DynamicsConfig(integrated_state_dims=dims), dim=32, depth=2, num_heads=4).eval()
+                             DynamicsConfig(integrated_state_dims=dims), dim=32, depth=2, num_heads=4,
+                             conditioning=conditioning).eval()
 
 
 def frames(batch: int = 3, seed: int = 0) -> torch.Tensor:
@@ -49,9 +52,10 @@ def test_latent_pool_averages_the_token_grid():
 
 
 @torch.no_grad()
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
 @pytest.mark.parametrize("context", ["single", "shared_history", "per_sample_history"])
-def test_cached_rollout_equals_naive_recomputation(context):
-    wm = make_world_model()
+def test_cached_rollout_equals_naive_recomputation(context, conditioning):
+    wm = make_world_model(conditioning=conditioning)
     samples, horizon = 6, 4
     g = torch.Generator().manual_seed(1)
     actions = torch.randn(samples, horizon, ACTION_DIM, generator=g)
@@ -123,8 +127,9 @@ def test_stateless_model_rolls_out_without_states():
 
 
 @torch.no_grad()
-def test_save_and_load_round_trip(tmp_path):
-    wm = make_world_model()
+@pytest.mark.parametrize("conditioning", CONDITIONINGS)
+def test_save_and_load_round_trip(tmp_path, conditioning):
+    wm = make_world_model(conditioning=conditioning)
     with torch.no_grad():
         for p in wm.predictor.parameters():
             p.add_(0.01 * torch.randn_like(p))

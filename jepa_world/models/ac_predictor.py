@@ -6,6 +6,12 @@ full inside a step, causal across steps. Action/state tokens get a RoPE rotation
 the time segment only; frame tokens get the full 3-D (t, h, w) rotation. The output
 of frame t's tokens predicts the tokens of frame t+1; action/state outputs are dropped.
 
+``conditioning="additive"`` instead adds the action (and state) embedding to every frame token
+of its step, so a step is its frame tokens alone. That equals DINO-WM's conditioning (the action
+concatenated to each token's channels, then projected: ``W [z; a] = W_z z + W_a a``). With few
+tokens per frame it is the cheaper layout: at one token per frame a step has 1 token instead of
+2-3, and the planner's rollout does a half to a third of the work (docs/planning.md).
+
 Parameter names follow the official ``VisionTransformerPredictorAC`` (``predictor_embed``,
 ``action_encoder``, ``state_encoder``, ``extrinsics_encoder``, ``predictor_blocks.N.*``,
 ``predictor_norm``, ``predictor_proj``) so released state dicts load strictly through
@@ -45,6 +51,9 @@ AC_PREDICTOR_SIZES: dict[str, tuple[int, int, int]] = {
     "vjepa2-ac": (1024, 24, 16),
 }
 
+# How actions/states enter a step: as their own tokens (V-JEPA 2-AC) or added to the frame tokens.
+CONDITIONINGS: tuple[str, ...] = ("tokens", "additive")
+
 # Prefixes that wrap the predictor's keys in official / DDP checkpoints.
 OFFICIAL_KEY_PREFIXES: tuple[str, ...] = ("module.", "predictor.", "backbone.")
 
@@ -71,6 +80,9 @@ class ACPredictorConfig:
     # Starts training at the copy-last-frame solution, which small CPU runs reach far sooner;
     # the official predictor is absolute (False), which released weights need.
     predict_residual: bool = False
+    # "tokens": action/state tokens lead each step (V-JEPA 2-AC, released weights); "additive": their
+    # embeddings are added to the step's frame tokens (fewer tokens per step; see the module docstring).
+    conditioning: str = "tokens"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:
@@ -90,13 +102,15 @@ class ACPredictorConfig:
             raise ValueError(f"grid_hw must be two positive ints, got {self.grid_hw}")
         if self.dim % self.num_heads or (self.dim // self.num_heads) % 2:
             raise ValueError(f"dim {self.dim} must split into num_heads {self.num_heads} heads of even width")
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"unknown conditioning {self.conditioning!r}; expected one of {CONDITIONINGS}")
         if self.rope_layout not in ROPE_LAYOUTS:
             raise ValueError(f"unknown rope_layout {self.rope_layout!r}; expected one of {ROPE_LAYOUTS}")
 
     @property
     def cond_tokens(self) -> int:
-        """Action (+ state) tokens at the start of each step."""
-        return 1 + (self.state_dim > 0)
+        """Action (+ state) tokens at the start of each step (none when they are added to the frame tokens)."""
+        return 0 if self.conditioning == "additive" else 1 + (self.state_dim > 0)
 
     @property
     def frame_tokens(self) -> int:
@@ -232,11 +246,13 @@ class ACPredictor(nn.Module):
 
     def embed_steps(self, z: Tensor, actions: Tensor, states: Tensor | None) -> Tensor:
         """(B,T,N,De), (B,T,A), (B,T,S) -> interleaved tokens (B, T*n, D)."""
-        tokens = [self.action_encoder(actions).unsqueeze(2)]  # (B, T, 1, D)
+        cond = [self.action_encoder(actions).unsqueeze(2)]  # (B, T, 1, D)
         if self.state_encoder is not None:
-            tokens.append(embed_shared_rows(self.state_encoder, states).unsqueeze(2))
-        tokens.append(embed_shared_rows(self.predictor_embed, z))  # (B, T, N, D)
-        return torch.cat(tokens, dim=2).flatten(1, 2)
+            cond.append(embed_shared_rows(self.state_encoder, states).unsqueeze(2))
+        frames = embed_shared_rows(self.predictor_embed, z)  # (B, T, N, D)
+        if self.config.conditioning == "additive":
+            return sum(cond, frames).flatten(1, 2)  # (B, T*N, D)
+        return torch.cat([*cond, frames], dim=2).flatten(1, 2)
 
     def read_out(self, x: Tensor, z: Tensor) -> Tensor:
         """Drop action/state outputs and project back: (B, T*n, D) -> (B, T, N, De); z is the input frames."""
