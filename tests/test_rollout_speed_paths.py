@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
-from jepa_world.models.layers import SHORT_ATTENTION_KEYS, Attention, explicit_attention
+from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, explicit_attention
 
 
 def small_dynamics() -> Dynamics:
@@ -110,3 +110,16 @@ def test_explicit_attention_matches_sdpa_and_serves_short_cpu_attention(masked: 
         assert torch.equal(attention.attend(q, k, v, mask), merged(explicit_attention(q, k, v, mask)))
         kernel = F.scaled_dot_product_attention(q, long_keys, long_keys)
         assert torch.equal(attention.attend(q, long_keys, long_keys), merged(kernel))  # long keys keep the kernel
+
+
+@pytest.mark.parametrize("keys", [1, 3, SINGLE_QUERY_SUM_KEYS, SINGLE_QUERY_SUM_KEYS + 1])
+def test_single_query_attention_matches_sdpa(keys: int) -> None:
+    """One query (KV-cached decoding at one token per step) over few keys takes the multiply-and-sum branch;
+    it and the matmul branch beyond it compute what scaled_dot_product_attention does, in fp32 and bf16."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(7, 3, n, 16, generator=g) for n in (1, keys, keys))
+    torch.testing.assert_close(explicit_attention(q, k, v), F.scaled_dot_product_attention(q, k, v),
+                               rtol=1e-5, atol=1e-6)
+    low = [x.bfloat16() for x in (q, k, v)]
+    torch.testing.assert_close(explicit_attention(*low).float(), F.scaled_dot_product_attention(q, k, v),
+                               rtol=0.05, atol=0.05)
