@@ -80,5 +80,6 @@ def main() -> None:
         print(f"| {model} | {route} | {1e3 * np.median(values):.1f} | {1e3 * np.percentile(values, 90):.1f} | "
               f"{base / np.median(values):.2f}x |")
 
+
 if __name__ == "__main__":
     main()
