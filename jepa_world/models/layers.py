@@ -73,12 +73,19 @@ class Attention(nn.Module):
         return self.attend(q, k, v, attn_mask)
 
 
+@torch.compiler.assume_constant_result
+def torch_threads() -> int:
+    """``torch.get_num_threads()`` as a constant for torch.compile: dynamo cannot trace the call (an int from a
+    torch function), and a graph break inside the predictor's layer loop would make it run the whole cached
+    step eagerly. A graph keeps the attention path it traced if the count changes later, which costs speed
+    only (the two paths agree to about 2e-7)."""
+    return torch.get_num_threads()
+
+
 def prefers_explicit_attention(q: Tensor, k: Tensor) -> bool:
     """Whether ``explicit_attention`` beats the SDPA kernel here (``SHORT_ATTENTION_KEYS``)."""
     short_on_cpu = q.device.type == "cpu" and k.shape[-2] <= SHORT_ATTENTION_KEYS
-    # torch.compile reads the thread count once, when it traces: a graph keeps its path if the count changes
-    # later, which costs speed only (the two paths agree to about 2e-7).
-    return short_on_cpu and (q.dtype == torch.bfloat16 or torch.get_num_threads() > 1)
+    return short_on_cpu and (q.dtype == torch.bfloat16 or torch_threads() > 1)
 
 
 def explicit_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
