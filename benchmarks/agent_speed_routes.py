@@ -3,7 +3,7 @@
     MUJOCO_GL=egl python benchmarks/agent_speed_routes.py [--models checkpoints/reach-default [OTHER ...]] [--rounds 10]
 
 Routes: fp32 on 1 thread (plan.py's default), fp32 on 2 threads, the compiled cached step
-(`compile_rollout=true`) and bf16 autocast (`rollout_precision=bf16`), for each model given. Each round
+(`compile_rollout=true`) on 1 and 2 threads and bf16 autocast (`rollout_precision=bf16`), for each model given. Each round
 runs 10 actions of every model and route in turn, so load changes on a shared machine hit all of them
 alike; compare the ratios (against the first model's fp32 on 1 thread).
 The planner is conf/planner/cem_fast.yaml at horizon 1, the reach env's observation of seed 3 and
@@ -32,6 +32,7 @@ ROUTES = {  # name: (rollout path, torch threads)
     "fp32, 1 thread": ("eager", 1),
     "fp32, 2 threads": ("eager", 2),
     "compiled, 1 thread": ("compile", 1),
+    "compiled, 2 threads": ("compile", 2),
     "bf16, 1 thread": ("bf16", 1),
 }
 
