@@ -1,7 +1,7 @@
 """One short script for a lent GPU (about 5 minutes): correctness against the CPU, bf16, the SDPA
 flash path, training throughput with MFU, and the shipped model's planning time per action.
 
-    MUJOCO_GL=egl python benchmarks/gpu_check.py [--device cuda] [--size small] [--out gpu_check.json]
+    MUJOCO_GL=egl python benchmarks/gpu_check.py [--device cuda] [--size small] [--out outputs/gpu_check.json]
     python benchmarks/gpu_check.py --device cpu --smoke      # the same checks at toy sizes (plumbing)
 
 Prints a table and writes the figures as JSON:
@@ -160,7 +160,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--size", default="small", help="ViT size of the pretraining step")
     parser.add_argument("--smoke", action="store_true", help="toy sizes: check the script itself on a CPU")
-    parser.add_argument("--out", default="gpu_check.json")
+    parser.add_argument("--out", default="outputs/gpu_check.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -181,7 +181,9 @@ def main() -> None:
         pretrain_step(device, BenchConfig(args.size, 224, 16, 16, 384, 12, 12), report, peak)
         end_to_end_step(device, 256, report, peak)
         planning(device, 20, report)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print("| check | value |\n|---|---|")
     for key, value in report.items():
         if isinstance(value, dict):
