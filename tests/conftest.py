@@ -8,15 +8,20 @@ os.environ.setdefault("PYOPENGL_PLATFORM", os.environ["MUJOCO_GL"])
 
 
 @pytest.fixture
-def one_thread():
-    """Tiny models: a 2-thread torch pool mostly spins on the shared 2-core box. Use with
-    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+def set_torch_threads():
+    """``torch.set_num_threads`` for the test's body; the count from before the test is restored after it."""
     import torch  # here, not at collection: envs/__init__ controls what loads before torch
 
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
+    yield torch.set_num_threads
     torch.set_num_threads(previous)
+
+
+@pytest.fixture
+def one_thread(set_torch_threads):
+    """Tiny models: a 2-thread torch pool mostly spins on the shared 2-core box. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    set_torch_threads(1)
 
 
 class FakeClock:

@@ -128,27 +128,24 @@ def test_single_query_attention_matches_sdpa(keys: int) -> None:
 @pytest.mark.parametrize("conditioning", ["tokens", "additive"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_cached_step_traces_as_one_graph(conditioning: str, threads: int, dtype: torch.dtype | None) -> None:
+def test_cached_step_traces_as_one_graph(conditioning: str, threads: int, dtype: torch.dtype | None, monkeypatch,
+                                        set_torch_threads) -> None:
     """``compile_decoding`` compiles the cached step whole: one graph break in its layer loop (such as an untraceable
     call) makes dynamo skip the frame and run the step eagerly, which loses the speed without any error."""
     torch.manual_seed(0)
+    set_torch_threads(threads)
     predictor = ACPredictor(ACPredictorConfig(encoder_dim=32, action_dim=3, state_dim=4, grid_hw=(2, 2), dim=32,
                                               depth=2, num_heads=2, conditioning=conditioning)).eval()
     predictor.autocast_decoding(dtype)
     z, actions, states = torch.randn(3, 1, 4, 32), torch.randn(3, 1, 3), torch.randn(3, 1, 4)
     step_arguments = []  # what forward_cached hands the step that compile_decoding compiles
     decode = predictor._decode_steps
-    predictor._decode_steps = lambda *arguments: step_arguments.append(arguments) or decode(*arguments)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        with torch.no_grad():
-            cache = predictor.new_cache(3, 2, z)
-            for _ in range(2):  # the second step attends to a cached prefix, as in a rollout
-                predictor.forward_cached(z, actions, states, cache)
-            with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-                explanation = torch._dynamo.explain(decode)(*step_arguments[-1])
-    finally:
-        torch.set_num_threads(previous)
+    monkeypatch.setattr(predictor, "_decode_steps", lambda *arguments: step_arguments.append(arguments) or decode(*arguments))
+    with torch.no_grad():
+        cache = predictor.new_cache(3, 2, z)
+        for _ in range(2):  # the second step attends to a cached prefix, as in a rollout
+            predictor.forward_cached(z, actions, states, cache)
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            explanation = torch._dynamo.explain(decode)(*step_arguments[-1])
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
