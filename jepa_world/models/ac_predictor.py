@@ -35,6 +35,7 @@ from jepa_world.models.layers import (
     LAYER_NORM_EPS,
     Block,
     init_transformer_weights,
+    linear,
     rescale_block_residuals,
 )
 from jepa_world.models.official import strip_wrapper_prefixes
@@ -246,7 +247,7 @@ class ACPredictor(nn.Module):
 
     def embed_steps(self, z: Tensor, actions: Tensor, states: Tensor | None) -> Tensor:
         """(B,T,N,De), (B,T,A), (B,T,S) -> interleaved tokens (B, T*n, D)."""
-        cond = [self.action_encoder(actions).unsqueeze(2)]  # (B, T, 1, D)
+        cond = [linear(self.action_encoder, actions).unsqueeze(2)]  # (B, T, 1, D)
         if self.state_encoder is not None:
             cond.append(embed_shared_rows(self.state_encoder, states).unsqueeze(2))
         frames = embed_shared_rows(self.predictor_embed, z)  # (B, T, N, D)
@@ -267,7 +268,8 @@ class ACPredictor(nn.Module):
 
     def project_frames(self, frames: Tensor, z: Tensor) -> Tensor:
         """(B, T*N, D) frame-token outputs -> (B, T, N, De) predictions of the next frames."""
-        out = self.predictor_proj(self.predictor_norm(frames.unflatten(1, (z.shape[1], self.config.frame_tokens))))
+        frames = frames.unflatten(1, (z.shape[1], self.config.frame_tokens))
+        out = linear(self.predictor_proj, self.predictor_norm(frames))
         return z + out if self.config.predict_residual else out
 
     # ------------------------------------------------------------------ forward
@@ -371,8 +373,8 @@ def embed_shared_rows(layer: nn.Linear, x: Tensor) -> Tensor:
     A rollout's shared context frame and state reach the predictor as ``expand(S, ...)`` views; a
     Linear on such a view runs S identical products (a bmm over a broadcast weight)."""
     if x.shape[0] > 1 and x.stride(0) == 0:
-        return layer(x[:1]).expand(x.shape[0], *([-1] * (x.dim() - 1)))
-    return layer(x)
+        return linear(layer, x[:1]).expand(x.shape[0], *([-1] * (x.dim() - 1)))
+    return linear(layer, x)
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:
