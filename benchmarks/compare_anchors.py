@@ -33,6 +33,8 @@ AMX); rollout-only rows add sample chunks (``rollout_chunk``) and eager bf16.
 Times are process CPU time per planning call (x threads = what an unstarved process would take),
 medians over ``--repeats`` calls taken round-robin so that load changes hit every path alike; wall
 times are shown beside (cpu/wall well below the thread count means the process was starved).
+Each round robin also times a 2048^2 fp32 matmul (the peak probe): "% of probe" relates a row to the
+peak measured under that row's own load; "% of start peak" to the one printed at the start.
 """
 from __future__ import annotations
 
@@ -70,6 +72,10 @@ class AnchorUnavailable(RuntimeError):
     """An anchor's code could not be imported or built; the message says which module and why."""
 
 
+PEAK_SIZE, PEAK_PRODUCTS = 2048, 3  # one probe call: three 2048^2 fp32 products (about 0.3 CPU-s)
+PEAK_PROBE = f"fp32 matmul {PEAK_SIZE}^2 (peak probe)"
+
+
 @dataclass
 class Row:
     path: str
@@ -77,6 +83,20 @@ class Row:
     wall_s: float
     gflop: float  # per planning call
     params_m: float
+    peak_gflops: float  # the fp32 matmul rate measured in this row's own round robin
+
+
+def with_peak_probe(fns: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
+    """``fns`` plus a 2048^2 fp32 matmul, so that every round robin measures the peak under its own load: on
+    this shared host the peak alone swings 1.7-1.9x between runs (docs/planning.md), and a peak measured
+    minutes before a row says little about the cores that row ran on."""
+    a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
+    return {PEAK_PROBE: lambda: [a @ b for _ in range(PEAK_PRODUCTS)], **fns}
+
+
+def probed_peak(times: dict[str, tuple[float, float]], threads: int) -> float:
+    """GFLOP/s of the peak probe in a ``round_robin`` of ``with_peak_probe`` fns (CPU time x threads)."""
+    return PEAK_PRODUCTS * 2 * PEAK_SIZE**3 / 1e9 / (times[PEAK_PROBE][1] / threads)
 
 
 def import_from(root: Path, module: str, first: bool = True) -> object:
@@ -135,12 +155,13 @@ def anchor_rows(anchor: str, plan_anchor: Callable[[], None], anchor_params_m: f
         routes[f"{name} compiled"] = (name, fast_copy(dynamics, True, False))
         routes[f"{name} compiled, bf16 autocast"] = (name, fast_copy(dynamics, True, True))
     fns = {anchor: plan_anchor, **{row: plan_with(model) for row, (_, model) in routes.items()}}
-    times = round_robin(fns, repeats)
+    times = round_robin(with_peak_probe(fns), repeats)
+    peak = probed_peak(times, torch.get_num_threads())
     with torch.no_grad():  # our routes do the same arithmetic; the counter sees only eager fp32 ops
         flops = {name: count_flops(plan_with(dynamics)) for name, dynamics in models.items()}
         anchor_flops = count_flops(plan_anchor)
-    rows = [Row(anchor, times[anchor][1], times[anchor][0], anchor_flops / 1e9, anchor_params_m)]
-    rows += [Row(row, times[row][1], times[row][0], flops[name] / 1e9, parameters_m(models[name].predictor))
+    rows = [Row(anchor, times[anchor][1], times[anchor][0], anchor_flops / 1e9, anchor_params_m, peak)]
+    rows += [Row(row, times[row][1], times[row][0], flops[name] / 1e9, parameters_m(models[name].predictor), peak)
              for row, (name, _) in routes.items()]
     return rows
 
@@ -222,9 +243,11 @@ def rollout_routes(dynamics: Dynamics, z0: Tensor, state0: Tensor, actions: Tens
     fns = {name: (lambda m=model: m.rollout(z0, state0, actions)) for name, model in routes.items()}
     with torch.no_grad():
         flops = count_flops(lambda: dynamics.rollout(z0, state0, actions))
-        times = round_robin(fns, repeats)
-    return [Row(f"ours rollout only, {name} (x{iterations})", cpu * iterations, wall * iterations,
-                flops * iterations / 1e9, parameters_m(dynamics.predictor)) for name, (wall, cpu) in times.items()]
+        times = round_robin(with_peak_probe(fns), repeats)
+    peak = probed_peak(times, torch.get_num_threads())
+    return [Row(f"ours rollout only, {name} (x{iterations})", times[name][1] * iterations,
+                times[name][0] * iterations, flops * iterations / 1e9, parameters_m(dynamics.predictor), peak)
+            for name in fns]
 
 
 # --------------------------------------------------------------------------- stable-worldmodel
@@ -283,16 +306,18 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
 
 
 def print_table(title: str, rows: list[Row], anchor: str | None, peak: float, threads: int) -> None:
+    """``peak``: the fp32 rate measured at the start of the run; each row's own round robin measured another."""
     print(f"\n{title}\n")
-    print("| path | predictor params | CPU ms per call | wall ms | cpu/wall | GFLOP per call | GFLOP/s | % of peak "
-          "| anchor / this |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| path | predictor params | CPU ms per call | wall ms | cpu/wall | GFLOP per call | GFLOP/s | % of start "
+          "peak | peak probe GFLOP/s | % of probe | anchor / this |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     reference = next((row.cpu_s for row in rows if row.path == anchor), None)
     for row in rows:
         rate = row.gflop / (row.cpu_s / threads)  # the rate an unstarved process would reach
         ratio = f"{reference / row.cpu_s:.2f}x" if reference is not None and "rollout only" not in row.path else ""
         print(f"| {row.path} | {row.params_m:.2f}M | {row.cpu_s * 1e3:.0f} | {row.wall_s * 1e3:.0f} | "
-              f"{row.cpu_s / row.wall_s:.2f} | {row.gflop:.1f} | {rate:.0f} | {100 * rate / peak:.0f}% | {ratio} |")
+              f"{row.cpu_s / row.wall_s:.2f} | {row.gflop:.1f} | {rate:.0f} | {100 * rate / peak:.0f}% | "
+              f"{row.peak_gflops:.0f} | {100 * rate / row.peak_gflops:.0f}% | {ratio} |")
 
 
 def main() -> None:
