@@ -1,9 +1,8 @@
-"""End to end: collect reach data and post-train a tiny world model with the real scripts, then plan
-with the MPC agent.
+"""End to end: collect reach data, post-train a small world model with the real scripts in the recipe's two
+stages, then plan toward goal images with the evaluation script and map the energy landscape.
 
-The planned episodes must end significantly closer to their goals than random actions do
-from the same starts. Torch runs single-threaded here: on a shared 2-core machine a 2-thread
-pool spends most of its time spinning (measured 10x more wall time per training step).
+Torch runs single-threaded here: on a shared 2-core machine a 2-thread pool spends most of its time
+spinning (measured 10x more wall time per training step).
 """
 import json
 import os
@@ -11,17 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-import envs
-from jepa_world import evaluation as ev
-from planners import make_planner
-from planners.agent import MPCAgent
-
 ROOT = Path(__file__).resolve().parent.parent
-SEEDS = [100, 101, 102, 103]
-STEPS = 15
 CI_NEAR_SUCCESS_FLOOR = 70  # percent of the 10 near goals of seeds 1000-1009 (issue #12); measured 90 here (85 on 20)
 
 
@@ -30,51 +21,6 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def random_final_distances(rng_seed: int) -> list[float]:
-    rng = np.random.default_rng(rng_seed)
-    finals = []
-    for seed in SEEDS:
-        env = envs.make("reach")
-        env.reset(seed=seed)
-        for _ in range(STEPS):
-            _, _, _, _, info = env.step(rng.uniform(env.action_space.low, env.action_space.high).astype(np.float32))
-        finals.append(info["distance"])
-        env.close()
-    return finals
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(600)
-def test_trained_world_model_plans_closer_than_random(tmp_path, one_thread):
-    data, out = tmp_path / "data", tmp_path / "posttrain"
-    run_script("scripts/collect.py", "env=reach", "episodes=60", f"output_dir={data}", "workers=2", "episode_length=20",
-               "expert_ratio=0.5", "seed=0")
-    run_script("scripts/posttrain.py", f"data={data}", "encoder=random:micro", f"output_dir={out}", "max_steps=400",
-               "batch_size=32", "num_frames=3", "predictor.size=micro", "optim.lr=2e-3", "optim.start_lr=1e-4",
-               "optim.warmup_steps=20", "log_every=100", "eval_every=400", "save_every=400", "eval_windows=64")
-    model_dir = out / "checkpoints" / "last"
-
-    wm = ev.load_world_model(str(model_dir), "reach")
-    env_list = [envs.make("reach") for _ in SEEDS]
-    agent = MPCAgent(wm, make_planner("cem", samples=100, elites=10, iterations=5), horizon=2,
-                     action_low=env_list[0].action_space.low, action_high=env_list[0].action_space.high)
-    results, _ = ev.run_episodes(env_list, agent, SEEDS, STEPS)
-    for env in env_list:
-        env.close()
-    planned = np.array([r.final_distance for r in results])
-    initial = np.array([r.initial_distance for r in results])
-    random = np.mean([random_final_distances(s) for s in (0, 1)], axis=0)
-    print(f"initial {initial.round(3)}, planned {planned.round(3)}, random {random.round(3)}")
-    assert all(r.steps == STEPS for r in results)
-    assert planned.mean() < 0.75 * random.mean(), (planned, random)
-    assert planned.mean() < 0.75 * initial.mean()
-
-    landscape_png = tmp_path / "landscape.png"
-    proc = run_script("scripts/energy_landscape.py", "--model", str(model_dir), "--data", str(data), "--points", "7",
-                      "--out", str(landscape_png))
-    assert "grid argmin" in proc.stdout and landscape_png.stat().st_size > 1000
 
 
 @pytest.mark.slow
@@ -110,3 +56,8 @@ def test_end_to_end_model_reaches_near_goals_on_its_own_latents(tmp_path):
     info = json.loads((eval_dir / "near" / "eval_info.json").read_text())
     assert info["settings"]["objective"]["readout_weight"] in (None, 0.0)
     assert info["aggregated"]["pc_success"] >= CI_NEAR_SUCCESS_FLOOR, info["aggregated"]
+
+    landscape_png = tmp_path / "landscape.png"
+    proc = run_script("scripts/energy_landscape.py", "--model", str(refined / "checkpoints" / "last"), "--data",
+                      str(data), "--points", "7", "--out", str(landscape_png))
+    assert "grid argmin" in proc.stdout and landscape_png.stat().st_size > 1000
