@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
-from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, explicit_attention
+from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention
 
 
 def small_dynamics() -> Dynamics:
@@ -149,3 +149,26 @@ def test_cached_step_traces_as_one_graph(conditioning: str, threads: int, dtype:
             explanation = torch._dynamo.explain(decode)(*step_arguments[-1])
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_compiled_blocks_add_their_biases_apart_from_the_matmul(dtype: torch.dtype | None) -> None:
+    """Under torch.compile every block linear is a bias-free matmul plus an add (``layers.linear``), which
+    inductor fuses into the next elementwise kernel; eager keeps the fused ``addmm``. Both give the same numbers,
+    and under bf16 autocast the add keeps the product's dtype."""
+    block = Block(32, 2, 64).eval().requires_grad_(False)
+    x = torch.randn(3, 5, 32)
+    graphs: list[torch.fx.GraphModule] = []
+
+    def capture(graph: torch.fx.GraphModule, example_inputs: list) -> torch.fx.GraphModule:
+        graphs.append(graph)
+        return graph
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+        eager = block(x)
+        compiled = torch.compile(block, backend=capture, fullgraph=True)(x)
+    linears = [node for graph in graphs for node in graph.graph.nodes if node.target is F.linear]
+    assert len(linears) == 4  # qkv, proj, fc1, fc2
+    assert all(len(node.args) == 2 and node.kwargs.get("bias") is None for node in linears)
+    assert compiled.dtype == eager.dtype
+    torch.testing.assert_close(compiled, eager, **({} if dtype is None else {"atol": 0.05, "rtol": 0.05}))
