@@ -1,0 +1,105 @@
+"""Where the compiled fp32 rollout's time goes at issue #14's configuration, without a profiler.
+
+    python benchmarks/rollout_time_split.py [--rollouts 10] [--threads 2]
+
+The 6 x 192 V-JEPA 2-AC-layout predictor (16 frame tokens + action and state tokens per step), 300
+samples, horizon 2, one context frame, ``compile_decoding()``. Every matrix product inductor hands to
+the BLAS (``extern_kernels.mm``/``bmm``, a private torch API) is timed on its own; the rest of the
+rollout's wall time is inductor's fused elementwise kernels (layer norms, RoPE and the cache writes,
+softmax, bias + GELU, residual adds) and the Python that launches them. Each rollout alternates with a
+2048^2 fp32 product, so the peak is measured under the same load.
+
+Why not torch.profiler: its own allocations make glibc shrink and regrow the heap, so the 3 MB MLP
+hidden buffer is page-faulted inside the first MLP product: under the profiler that product ran at
+110-130 GFLOP/s, 190 without it (docs/planning.md, "2026-12-06, third session").
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import statistics
+import time
+
+import torch
+from torch._inductor.select_algorithm import extern_kernels
+
+from compare_anchors import DEPTH, HEADS, PEAK_SIZE, WIDTH  # noqa: E402  (sibling benchmark script)
+from planning import count_flops  # noqa: E402  (sibling benchmark script)
+
+from jepa_world.dynamics import Dynamics, DynamicsConfig
+from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
+
+SAMPLES, HORIZON, GRID, ACTION_DIM = 300, 2, 4, 7
+
+
+class ProductTimer:
+    """Wraps ``extern_kernels.mm`` and ``bmm``: wall seconds and FLOPs per (op, shapes) while ``on``."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.totals: dict[tuple, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])  # key -> [s, flop]
+        for name in ("mm", "bmm"):
+            setattr(extern_kernels, name, self._timed(name, getattr(extern_kernels, name)))
+
+    def _timed(self, name, product):
+        def run(a, b, out):
+            if not self.on:
+                return product(a, b, out=out)
+            start = time.perf_counter()
+            result = product(a, b, out=out)
+            total = self.totals[(name, tuple(a.shape), tuple(b.shape))]
+            total[0] += time.perf_counter() - start
+            total[1] += 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
+            return result
+        return run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rollouts", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    timer = ProductTimer()  # before compiling: the generated code looks the products up at call time
+    torch.manual_seed(0)
+    predictor = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=ACTION_DIM, state_dim=ACTION_DIM,
+                                              grid_hw=(GRID, GRID), dim=WIDTH, depth=DEPTH, num_heads=HEADS,
+                                              extrinsics_dim=ACTION_DIM - 1)).eval().requires_grad_(False)
+    dynamics = Dynamics(predictor, DynamicsConfig(integrated_state_dims=tuple(range(ACTION_DIM))))
+    z0, state0 = torch.randn(1, 1, GRID * GRID, WIDTH), torch.randn(1, 1, ACTION_DIM)
+    actions = torch.randn(SAMPLES, HORIZON, ACTION_DIM) * 0.05
+    a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
+    with torch.no_grad():
+        flop = count_flops(lambda: dynamics.rollout(z0, state0, actions))
+        predictor.compile_decoding()
+        for _ in range(3):
+            dynamics.rollout(z0, state0, actions)
+        peaks, rollout_s = [], 0.0
+        for _ in range(args.rollouts):
+            start = time.perf_counter()
+            a @ b
+            peaks.append(2 * PEAK_SIZE**3 / (time.perf_counter() - start) / 1e9)
+            timer.on = True
+            start = time.perf_counter()
+            dynamics.rollout(z0, state0, actions)
+            rollout_s += time.perf_counter() - start
+            timer.on = False
+    peak = statistics.median(peaks)
+    product_s = sum(s for s, _ in timer.totals.values())
+    product_flop = sum(f for _, f in timer.totals.values())
+    rate = args.rollouts * flop / rollout_s / 1e9
+    print(f"{args.threads} thread(s), {args.rollouts} rollouts of {SAMPLES} samples x horizon {HORIZON}; "
+          f"peak probe (2048^2 fp32, wall) {peak:.0f} GFLOP/s")
+    print(f"rollout: {1e3 * rollout_s / args.rollouts:.0f} ms, {rate:.0f} GFLOP/s = {100 * rate / peak:.0f}% of the probe; "
+          f"matrix products {100 * product_s / rollout_s:.0f}% of its time at {product_flop / product_s / 1e9:.0f} "
+          f"GFLOP/s ({100 * product_flop / product_s / 1e9 / peak:.0f}% of the probe), "
+          f"{100 * product_flop / (args.rollouts * flop):.0f}% of its FLOPs; the rest "
+          f"{100 * (1 - product_s / rollout_s):.0f}%")
+    print("| product | shapes | % of rollout time | GFLOP/s | % of probe |\n|---|---|---|---|---|")
+    for (name, a_shape, b_shape), (seconds, flops) in sorted(timer.totals.items(), key=lambda kv: -kv[1][0])[:10]:
+        print(f"| {name} | {a_shape} x {b_shape} | {100 * seconds / rollout_s:.1f}% | {flops / seconds / 1e9:.0f} | "
+              f"{100 * flops / seconds / 1e9 / peak:.0f}% |")
+
+
+if __name__ == "__main__":
+    main()
