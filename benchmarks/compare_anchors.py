@@ -2,7 +2,7 @@
 stable-worldmodel 0.1.1's CEM solver, each against our CEM + KV-cached rollout at its own configuration.
 
     python benchmarks/compare_anchors.py --vjepa2 outputs/anchors/vjepa2 \
-        --swm-site outputs/anchors/swm-venv/lib/python3.11/site-packages [--repeats 3] [--threads 1]
+        --swm-site outputs/anchors/swm-venv/lib/python3.11/site-packages [--repeats 4] [--threads 1]
 
 Anchors (local copies, never installed into the project's environment):
   * ``--vjepa2 PATH``: a checkout of facebookresearch/vjepa2. Its ``src.models.ac_predictor`` and
@@ -116,13 +116,17 @@ def import_from(root: Path, module: str, first: bool = True) -> object:
 
 def round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
     """(median wall s, median CPU s) per call of each fn, after one warm-up each (compiles happen there);
-    the repeats alternate between fns so that a change of load on the shared box hits all of them."""
+    the repeats alternate between fns so that a change of load on the shared box hits all of them, and every
+    other round runs them in reverse: a fn's place in the round changed its time by 2-6% (docs/planning.md,
+    "third session"), and an even ``repeats`` gives every fn each place equally often."""
     for fn in fns.values():
         fn()
     walls: dict[str, list[float]] = {name: [] for name in fns}
     cpus: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
+    names = list(fns)
+    for repeat in range(repeats):
+        for name in names if repeat % 2 == 0 else names[::-1]:
+            fn = fns[name]
             wall, cpu = time.perf_counter(), time.process_time()
             fn()
             walls[name].append(time.perf_counter() - wall)
@@ -326,7 +330,7 @@ def main() -> None:
     parser.add_argument("--swm-site", type=Path,
                         default=ROOT / "outputs" / "anchors" / "swm-venv" / "lib" /
                         f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
