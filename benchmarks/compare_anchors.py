@@ -66,6 +66,8 @@ from planners.objectives import ObjectiveConfig, build_cost_fn
 
 ROOT = Path(__file__).resolve().parent.parent
 WIDTH, DEPTH, HEADS = 192, 6, 6  # the issue's 2.75M predictor ("tiny")
+# The official configuration: 64 px / 16 px patches -> 16 tokens per frame; 7-D actions and poses.
+OFFICIAL_GRID, OFFICIAL_PATCH, OFFICIAL_ACTION_DIM = 4, 16, 7
 
 
 class AnchorUnavailable(RuntimeError):
@@ -173,21 +175,32 @@ def anchor_rows(anchor: str, plan_anchor: Callable[[], None], anchor_params_m: f
 # --------------------------------------------------------------------------- official V-JEPA 2-AC
 
 
+def official_layout_predictor() -> ACPredictor:
+    """Ours in the official predictor's layout and size (one token each for action and pose, 6 extrinsics)."""
+    action_dim = OFFICIAL_ACTION_DIM
+    return ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=action_dim, state_dim=action_dim,
+                                         grid_hw=(OFFICIAL_GRID, OFFICIAL_GRID), dim=WIDTH, depth=DEPTH,
+                                         num_heads=HEADS, extrinsics_dim=action_dim - 1))
+
+
+def official_dynamics(predictor: ACPredictor) -> Dynamics:
+    """The predictor as V-JEPA 2-AC rolls it out: every action dim integrates into the pose."""
+    return Dynamics(predictor, DynamicsConfig(integrated_state_dims=tuple(range(OFFICIAL_ACTION_DIM))))
+
+
 def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, horizon: int) -> tuple[list[Row], str]:
     """Rows for the official CEM path, ours eager and ours compiled, and a line on weight/FLOP equality."""
     ac_module = import_from(vjepa2, "src.models.ac_predictor")
     wrapper_module = import_from(vjepa2, "notebooks.utils.world_model_wrapper")
     # Its cem logs the mean and std at INFO on every iteration; silenced, which only saves it time.
     logging.getLogger("notebooks.utils.mpc_utils").setLevel(logging.WARNING)
-    grid, patch, action_dim = 4, 16, 7  # 64 px / 16 px patches -> 16 tokens per frame; 7-D actions and poses
+    grid, patch, action_dim = OFFICIAL_GRID, OFFICIAL_PATCH, OFFICIAL_ACTION_DIM
     official = ac_module.vit_ac_predictor(
         img_size=(grid * patch, grid * patch), patch_size=patch, num_frames=2 * (horizon + 1), tubelet_size=2,
         embed_dim=WIDTH, predictor_embed_dim=WIDTH, depth=DEPTH, num_heads=HEADS, action_embed_dim=action_dim,
         use_extrinsics=False, use_rope=True,
     ).eval().requires_grad_(False)
-    ours = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=action_dim, state_dim=action_dim,
-                                         grid_hw=(grid, grid), dim=WIDTH, depth=DEPTH, num_heads=HEADS,
-                                         extrinsics_dim=action_dim - 1))
+    ours = official_layout_predictor()
     load_official_state_dict(ours, official.state_dict(), "official random predictor")
     ours = ours.eval().requires_grad_(False)
 
@@ -210,7 +223,7 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
                                        mpc_args=mpc_args, device="cpu")
 
     # Ours at the official's budget and box: xyz moves within +-maxnorm, no rotation, gripper +-0.75.
-    dynamics = Dynamics(ours, DynamicsConfig(integrated_state_dims=tuple(range(action_dim))))
+    dynamics = official_dynamics(ours)
     planner = make_planner("cem", samples=samples, elites=10, iterations=iterations, momentum_mean=0.15,
                            momentum_std=0.15)
     high = np.array([0.05, 0.05, 0.05, 0.0, 0.0, 0.0, 0.75], dtype=np.float32)

@@ -23,13 +23,12 @@ import time
 import torch
 from torch._inductor.select_algorithm import extern_kernels
 
-from compare_anchors import DEPTH, HEADS, PEAK_SIZE, WIDTH  # noqa: E402  (sibling benchmark script)
+from compare_anchors import (  # noqa: E402  (sibling benchmark script)
+    OFFICIAL_ACTION_DIM, OFFICIAL_GRID, PEAK_SIZE, WIDTH, official_dynamics, official_layout_predictor)
 from planning import count_flops  # noqa: E402  (sibling benchmark script)
 
-from jepa_world.dynamics import Dynamics, DynamicsConfig
-from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
 
-SAMPLES, HORIZON, GRID, ACTION_DIM = 300, 2, 4, 7
+SAMPLES, HORIZON = 300, 2
 
 
 class ProductTimer:
@@ -62,12 +61,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     timer = ProductTimer()  # before compiling: the generated code looks the products up at call time
     torch.manual_seed(0)
-    predictor = ACPredictor(ACPredictorConfig(encoder_dim=WIDTH, action_dim=ACTION_DIM, state_dim=ACTION_DIM,
-                                              grid_hw=(GRID, GRID), dim=WIDTH, depth=DEPTH, num_heads=HEADS,
-                                              extrinsics_dim=ACTION_DIM - 1)).eval().requires_grad_(False)
-    dynamics = Dynamics(predictor, DynamicsConfig(integrated_state_dims=tuple(range(ACTION_DIM))))
-    z0, state0 = torch.randn(1, 1, GRID * GRID, WIDTH), torch.randn(1, 1, ACTION_DIM)
-    actions = torch.randn(SAMPLES, HORIZON, ACTION_DIM) * 0.05
+    predictor = official_layout_predictor().eval().requires_grad_(False)
+    dynamics = official_dynamics(predictor)
+    z0, state0 = torch.randn(1, 1, OFFICIAL_GRID**2, WIDTH), torch.randn(1, 1, OFFICIAL_ACTION_DIM)
+    actions = torch.randn(SAMPLES, HORIZON, OFFICIAL_ACTION_DIM) * 0.05
     a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
     with torch.no_grad():
         flop = count_flops(lambda: dynamics.rollout(z0, state0, actions))
