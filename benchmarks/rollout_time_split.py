@@ -4,10 +4,11 @@
 
 The 6 x 192 V-JEPA 2-AC-layout predictor (16 frame tokens + action and state tokens per step), 300
 samples, horizon 2, one context frame, ``compile_decoding()``. Every matrix product inductor hands to
-the BLAS (``extern_kernels.mm``/``bmm``, a private torch API) is timed on its own; the rest of the
-rollout's wall time is inductor's fused elementwise kernels (layer norms, RoPE and the cache writes,
-softmax, bias + GELU, residual adds) and the Python that launches them. Each rollout alternates with a
-2048^2 fp32 product, so the peak is measured under the same load.
+the BLAS (``extern_kernels.mm``/``bmm``, a private torch API) is timed on its own, and so is every fused
+elementwise kernel inductor generated (the ``cpp_fused_*`` functions of its output modules, also private):
+layer norms, RoPE and the cache writes, softmax, bias + GELU, residual adds. What is left of the rollout's
+wall time is Python: the rollout's eager code, dynamo's guards, the launcher. Each rollout alternates with
+a 2048^2 fp32 product, so the peak is measured under the same load.
 
 Why not torch.profiler: its own allocations make glibc shrink and regrow the heap, so the 3 MB MLP
 hidden buffer is page-faulted inside the first MLP product: under the profiler that product ran at
@@ -17,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import re
 import statistics
 import time
 
 import torch
+from torch._inductor.codecache import PyCodeCache
 from torch._inductor.select_algorithm import extern_kernels
 
 from compare_anchors import (  # noqa: E402  (sibling benchmark script)
@@ -32,13 +35,32 @@ SAMPLES, HORIZON = 300, 2
 
 
 class ProductTimer:
-    """Wraps ``extern_kernels.mm`` and ``bmm``: wall seconds and FLOPs per (op, shapes) while ``on``."""
+    """Wraps ``extern_kernels.mm`` and ``bmm``, and SDPA's CPU flash kernel (which inductor calls as an ATen op
+    where attention keeps it: one thread): wall seconds and FLOPs per (op, shapes) while ``on``."""
 
     def __init__(self) -> None:
         self.on = False
         self.totals: dict[tuple, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])  # key -> [s, flop]
         for name in ("mm", "bmm"):
             setattr(extern_kernels, name, self._timed(name, getattr(extern_kernels, name)))
+
+    def time_attention(self) -> None:
+        """Wrap the flash kernel too; only after compiling, since dynamo cannot trace through the wrapper (the
+        generated code looks the op up at call time)."""
+        flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+        flash.default = self._timed_attention(flash.default)
+
+    def _timed_attention(self, attention):
+        def run(q, k, v, *args, **kwargs):  # q (B, H, Nq, hd), k and v (B, H, Nk, hd)
+            if not self.on:
+                return attention(q, k, v, *args, **kwargs)
+            start = time.perf_counter()
+            result = attention(q, k, v, *args, **kwargs)
+            total = self.totals[("sdpa", tuple(q.shape), tuple(k.shape))]
+            total[0] += time.perf_counter() - start
+            total[1] += 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
+            return result
+        return run
 
     def _timed(self, name, product):
         def run(a, b, out):
@@ -49,6 +71,39 @@ class ProductTimer:
             total = self.totals[(name, tuple(a.shape), tuple(b.shape))]
             total[0] += time.perf_counter() - start
             total[1] += 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
+            return result
+        return run
+
+
+class FusedKernelTimer:
+    """Wraps the ``cpp_fused_*`` kernels of every loaded inductor output module: wall seconds and calls per
+    kernel name while ``on``. Install after compiling: the generated ``call`` looks them up as module globals."""
+
+    def __init__(self) -> None:
+        self.on = False
+        self.totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])  # name -> [s, calls]
+        for module in list(PyCodeCache.modules):
+            for name in dir(module):
+                if name.startswith("cpp_fused_"):
+                    setattr(module, name, self._timed(self.short_name(name), getattr(module, name)))
+
+    @staticmethod
+    def short_name(kernel: str) -> str:
+        """``cpp_fused__softmax__unsafe_view_add_..._2`` -> the ops it fuses, without views and its index:
+        one row per kind of kernel, summed over the graphs of both steps."""
+        ops = re.sub(r"_\d+$", "", kernel.removeprefix("cpp_fused_")).replace("native_layer_norm", "layer-norm")
+        views = {"unsafe", "view", "permute", "unsqueeze", "expand", "slice", "select", "unbind", "clone", ""}
+        return "+".join(op for op in ops.split("_") if op not in views) or "copy"
+
+    def _timed(self, name, kernel):
+        def run(*args):
+            if not self.on:
+                return kernel(*args)
+            start = time.perf_counter()
+            result = kernel(*args)
+            total = self.totals[name]
+            total[0] += time.perf_counter() - start
+            total[1] += 1
             return result
         return run
 
@@ -71,16 +126,18 @@ def main() -> None:
         predictor.compile_decoding()
         for _ in range(3):
             dynamics.rollout(z0, state0, actions)
+        kernels = FusedKernelTimer()
+        timer.time_attention()
         peaks, rollout_s = [], 0.0
         for _ in range(args.rollouts):
             start = time.perf_counter()
             a @ b
             peaks.append(2 * PEAK_SIZE**3 / (time.perf_counter() - start) / 1e9)
-            timer.on = True
+            timer.on = kernels.on = True
             start = time.perf_counter()
             dynamics.rollout(z0, state0, actions)
             rollout_s += time.perf_counter() - start
-            timer.on = False
+            timer.on = kernels.on = False
     peak = statistics.median(peaks)
     product_s = sum(s for s, _ in timer.totals.values())
     product_flop = sum(f for _, f in timer.totals.values())
@@ -92,10 +149,16 @@ def main() -> None:
           f"GFLOP/s ({100 * product_flop / product_s / 1e9 / peak:.0f}% of the probe), "
           f"{100 * product_flop / (args.rollouts * flop):.0f}% of its FLOPs; the rest "
           f"{100 * (1 - product_s / rollout_s):.0f}%")
+    kernel_s = sum(s for s, _ in kernels.totals.values())
+    print(f"inductor's fused kernels {100 * kernel_s / rollout_s:.0f}% of its time; the rest, Python (eager code, guards, launcher), "
+          f"{100 * (1 - (product_s + kernel_s) / rollout_s):.0f}%")
     print("| product | shapes | % of rollout time | GFLOP/s | % of probe |\n|---|---|---|---|---|")
     for (name, a_shape, b_shape), (seconds, flops) in sorted(timer.totals.items(), key=lambda kv: -kv[1][0])[:10]:
         print(f"| {name} | {a_shape} x {b_shape} | {100 * seconds / rollout_s:.1f}% | {flops / seconds / 1e9:.0f} | "
               f"{100 * flops / seconds / 1e9 / peak:.0f}% |")
+    print("| fused kernel (ops) | % of rollout time | us per call | calls per rollout |\n|---|---|---|---|")
+    for name, (seconds, calls) in sorted(kernels.totals.items(), key=lambda kv: -kv[1][0])[:10]:
+        print(f"| {name} | {100 * seconds / rollout_s:.1f}% | {1e6 * seconds / calls:.0f} | {calls // args.rollouts} |")
 
 
 if __name__ == "__main__":
