@@ -34,6 +34,26 @@ from planning import count_flops  # noqa: E402  (sibling benchmark script)
 SAMPLES, HORIZON = 300, 2
 
 
+def timed(fn, record, is_on):
+    """``fn`` that, while ``is_on()``, passes its wall seconds and positional arguments to ``record``."""
+    def run(*args, **kwargs):
+        if not is_on():
+            return fn(*args, **kwargs)
+        start = time.perf_counter()
+        result = fn(*args, **kwargs)
+        record(time.perf_counter() - start, *args)
+        return result
+    return run
+
+
+def fused_kernels():
+    """(module, name) of every ``cpp_fused_*`` kernel of the loaded inductor output modules."""
+    for module in list(PyCodeCache.modules):
+        for name in dir(module):
+            if name.startswith("cpp_fused_"):
+                yield module, name
+
+
 class ProductTimer:
     """Wraps ``extern_kernels.mm`` and ``bmm``, and SDPA's CPU flash kernel (which inductor calls as an ATen op
     where attention keeps it: one thread): wall seconds and FLOPs per (op, shapes) while ``on``."""
@@ -42,50 +62,36 @@ class ProductTimer:
         self.on = False
         self.totals: dict[tuple, list[float]] = collections.defaultdict(lambda: [0.0, 0.0])  # key -> [s, flop]
         for name in ("mm", "bmm"):
-            setattr(extern_kernels, name, self._timed(name, getattr(extern_kernels, name)))
+            setattr(extern_kernels, name, timed(getattr(extern_kernels, name), self._record_product(name), lambda: self.on))
 
     def time_attention(self) -> None:
         """Wrap the flash kernel too; only after compiling, since dynamo cannot trace through the wrapper (the
         generated code looks the op up at call time)."""
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-        flash.default = self._timed_attention(flash.default)
+        flash.default = timed(flash.default, self._record_attention, lambda: self.on)
 
-    def _timed_attention(self, attention):
-        def run(q, k, v, *args, **kwargs):  # q (B, H, Nq, hd), k and v (B, H, Nk, hd)
-            if not self.on:
-                return attention(q, k, v, *args, **kwargs)
-            start = time.perf_counter()
-            result = attention(q, k, v, *args, **kwargs)
-            total = self.totals[("sdpa", tuple(q.shape), tuple(k.shape))]
-            total[0] += time.perf_counter() - start
-            total[1] += 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
-            return result
-        return run
-
-    def _timed(self, name, product):
-        def run(a, b, out):
-            if not self.on:
-                return product(a, b, out=out)
-            start = time.perf_counter()
-            result = product(a, b, out=out)
+    def _record_product(self, name):
+        def record(seconds, a, b):
             total = self.totals[(name, tuple(a.shape), tuple(b.shape))]
-            total[0] += time.perf_counter() - start
+            total[0] += seconds
             total[1] += 2 * a.shape[-2] * a.shape[-1] * b.shape[-1] * (a.shape[0] if a.dim() == 3 else 1)
-            return result
-        return run
+        return record
+
+    def _record_attention(self, seconds, q, k, *_):  # q (B, H, Nq, hd), k (B, H, Nk, hd)
+        total = self.totals[("sdpa", tuple(q.shape), tuple(k.shape))]
+        total[0] += seconds
+        total[1] += 4 * q.shape[0] * q.shape[1] * q.shape[2] * k.shape[2] * q.shape[3]
 
 
 class FusedKernelTimer:
-    """Wraps the ``cpp_fused_*`` kernels of every loaded inductor output module: wall seconds and calls per
-    kernel name while ``on``. Install after compiling: the generated ``call`` looks them up as module globals."""
+    """Wraps every ``fused_kernels()`` kernel: wall seconds and calls per kernel name while ``on``. Install after
+    compiling: the generated ``call`` looks them up as module globals."""
 
     def __init__(self) -> None:
         self.on = False
         self.totals: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])  # name -> [s, calls]
-        for module in list(PyCodeCache.modules):
-            for name in dir(module):
-                if name.startswith("cpp_fused_"):
-                    setattr(module, name, self._timed(self.short_name(name), getattr(module, name)))
+        for module, name in fused_kernels():
+            setattr(module, name, timed(getattr(module, name), self._record(self.short_name(name)), lambda: self.on))
 
     @staticmethod
     def short_name(kernel: str) -> str:
@@ -95,17 +101,12 @@ class FusedKernelTimer:
         views = {"unsafe", "view", "permute", "unsqueeze", "expand", "slice", "select", "unbind", "clone", ""}
         return "+".join(op for op in ops.split("_") if op not in views) or "copy"
 
-    def _timed(self, name, kernel):
-        def run(*args):
-            if not self.on:
-                return kernel(*args)
-            start = time.perf_counter()
-            result = kernel(*args)
+    def _record(self, name):
+        def record(seconds, *_):
             total = self.totals[name]
-            total[0] += time.perf_counter() - start
+            total[0] += seconds
             total[1] += 1
-            return result
-        return run
+        return record
 
 
 def main() -> None:
@@ -147,8 +148,7 @@ def main() -> None:
     print(f"rollout: {1e3 * rollout_s / args.rollouts:.0f} ms, {rate:.0f} GFLOP/s = {100 * rate / peak:.0f}% of the probe; "
           f"matrix products {100 * product_s / rollout_s:.0f}% of its time at {product_flop / product_s / 1e9:.0f} "
           f"GFLOP/s ({100 * product_flop / product_s / 1e9 / peak:.0f}% of the probe), "
-          f"{100 * product_flop / (args.rollouts * flop):.0f}% of its FLOPs; the rest "
-          f"{100 * (1 - product_s / rollout_s):.0f}%")
+          f"{100 * product_flop / (args.rollouts * flop):.0f}% of its FLOPs")
     kernel_s = sum(s for s, _ in kernels.totals.values())
     print(f"inductor's fused kernels {100 * kernel_s / rollout_s:.0f}% of its time; the rest, Python (eager code, guards, launcher), "
           f"{100 * (1 - (product_s + kernel_s) / rollout_s):.0f}%")

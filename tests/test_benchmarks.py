@@ -5,7 +5,6 @@ from pathlib import Path
 
 import torch
 import yaml
-from torch._inductor.codecache import PyCodeCache
 from torch._inductor.select_algorithm import extern_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +48,8 @@ def test_rollout_time_split_times_the_products_and_fused_kernels_of_a_compiled_g
     x, w = torch.randn(96, 64), torch.randn(64, 80)
     graph = torch.compile(lambda x, w: torch.relu(x @ w + 1.0) * 2.0)
     expected = graph(x, w)
-    for module in list(PyCodeCache.modules):
-        for name in dir(module):
-            if name.startswith("cpp_fused_"):
-                monkeypatch.setattr(module, name, getattr(module, name))
+    for module, name in rollout_time_split.fused_kernels():
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     kernels = rollout_time_split.FusedKernelTimer()
     products.on = kernels.on = True
     out = graph(x, w)
