@@ -112,6 +112,29 @@ def test_explicit_attention_matches_sdpa_and_serves_short_cpu_attention(masked: 
         assert torch.equal(attention.attend(q, long_keys, long_keys), merged(kernel))  # long keys keep the kernel
 
 
+@pytest.mark.parametrize("queries", [1, 4])
+def test_one_key_attention_reads_the_value_without_a_kernel(queries: int, one_thread) -> None:
+    """Over a single key the softmax weight is exactly 1, so ``attend`` returns that key's value for every query:
+    equal to scaled_dot_product_attention bit for bit. The gradient of q and k is exactly zero (the kernel's
+    backward leaves rounding of about 1e-8); the value's is the kernel's."""
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(5, 3, queries, 16, generator=g, requires_grad=True)
+    k, v = (torch.randn(5, 3, 1, 16, generator=g, requires_grad=True) for _ in range(2))
+    attention = Attention(48, 3)
+    out = attention.attend(q, k, v)
+    expected = attention.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+    assert torch.equal(out, expected)
+    upstream = torch.randn(out.shape, generator=g)
+    grad_q, grad_k, grad_v = torch.autograd.grad(out, (q, k, v), upstream, allow_unused=True, materialize_grads=True)
+    kernel_q, kernel_k, kernel_v = torch.autograd.grad(expected, (q, k, v), upstream)
+    assert not grad_q.any() and not grad_k.any()
+    torch.testing.assert_close(grad_q, kernel_q, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad_k, kernel_k, rtol=0, atol=1e-6)
+    assert torch.equal(grad_v, kernel_v)
+    masked = attention.attend(q, k, v, torch.ones(queries, 1, dtype=torch.bool))  # a mask keeps the kernel path
+    assert torch.equal(masked, expected)
+
+
 @pytest.mark.parametrize("keys", [1, 3, SINGLE_QUERY_SUM_KEYS, SINGLE_QUERY_SUM_KEYS + 1])
 def test_single_query_attention_matches_sdpa(keys: int) -> None:
     """One query (KV-cached decoding at one token per step) over few keys takes the multiply-and-sum branch;
