@@ -40,7 +40,7 @@ ROUTES = {  # name: (rollout path, torch threads)
 def build_agent(model: str, path: str, goal: np.ndarray, low: np.ndarray, high: np.ndarray) -> MPCAgent:
     wm = ev.load_world_model(model, "reach")
     if path == "compile":
-        wm.predictor.compile_decoding()
+        wm.dynamics.compile_rollout()
     elif path == "bf16":
         wm.predictor.autocast_decoding(torch.bfloat16)
     planner_cfg = yaml.safe_load((ROOT / "conf" / "planner" / "cem_fast.yaml").read_text())

@@ -26,7 +26,7 @@ Configurations:
     Ours runs in both action layouts: "ours" with V-JEPA 2-AC's action token (2 tokens per step) and
     "ours additive" with the action embedding added to the frame token (``conditioning="additive"``,
     1 token per step like stable-worldmodel's).
-Ours is timed eager, with ``ACPredictor.compile_decoding()`` (torch.compile of the cached step), and
+Ours is timed eager, with ``Dynamics.compile_rollout()`` (torch.compile of the KV-cached rollout), and
 compiled under ``ACPredictor.autocast_decoding(torch.bfloat16)`` (not exact; fast where the CPU has
 AMX); rollout-only rows add sample chunks (``rollout_chunk``) and eager bf16.
 
@@ -144,7 +144,7 @@ def fast_copy(dynamics: Dynamics, compiled: bool, low_precision: bool) -> Dynami
     """A copy of ``dynamics`` whose predictor decodes through torch.compile and/or bf16 autocast."""
     fast = copy.deepcopy(dynamics)
     if compiled:
-        fast.predictor.compile_decoding()
+        fast.compile_rollout()
     if low_precision:
         fast.predictor.autocast_decoding(torch.bfloat16)
     return fast
@@ -249,7 +249,7 @@ def rollout_routes(dynamics: Dynamics, z0: Tensor, state0: Tensor, actions: Tens
     """Our rollout alone by route, scaled to a planning call (x iterations): eager or compiled, fp32 or
     bf16 autocast (not exact), and fp32 in sample chunks of 100 (``rollout_chunk``)."""
     def chunked(model: Dynamics) -> Dynamics:
-        twin = copy.copy(model)  # shares the predictor (and its compiled step); only the chunking differs
+        twin = copy.copy(model)  # shares the predictor (and its compiled rollout); only the chunking differs
         twin.config = dataclasses.replace(model.config, rollout_chunk=100)
         return twin
 

@@ -189,7 +189,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--compile", action="store_true",
-                        help="time the KV-cached rollout through ACPredictor.compile_decoding() (torch.compile)")
+                        help="time the KV-cached rollout through Dynamics.compile_rollout() (torch.compile)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,7 +202,7 @@ def main() -> None:
         parser.error("--random and --model are alternatives")
     wm, model_name = random_world_model(random_overrides) if args.random else default_world_model(args.model)
     if args.compile:
-        wm.predictor.compile_decoding()
+        wm.dynamics.compile_rollout()
         model_name += ", compiled decoding"
     cfg = planner_config(args.planner, {"samples": args.samples, "iterations": args.iterations})
     env = envs.make("reach", image_size=ev.model_image_size(wm) or 64)

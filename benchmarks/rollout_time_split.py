@@ -3,7 +3,7 @@
     python benchmarks/rollout_time_split.py [--rollouts 10] [--threads 2]
 
 The 6 x 192 V-JEPA 2-AC-layout predictor (16 frame tokens + action and state tokens per step), 300
-samples, horizon 2, one context frame, ``compile_decoding()``. Every matrix product inductor hands to
+samples, horizon 2, one context frame, ``Dynamics.compile_rollout()``. Every matrix product inductor hands to
 the BLAS (``extern_kernels.mm``/``bmm``, a private torch API) is timed on its own, and so is every fused
 elementwise kernel inductor generated (the ``cpp_fused_*`` functions of its output modules, also private):
 layer norms, RoPE and the cache writes, softmax, bias + GELU, residual adds. What is left of the rollout's
@@ -124,7 +124,7 @@ def main() -> None:
     a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
     with torch.no_grad():
         flop = count_flops(lambda: dynamics.rollout(z0, state0, actions))
-        predictor.compile_decoding()
+        dynamics.compile_rollout()
         for _ in range(3):
             dynamics.rollout(z0, state0, actions)
         kernels = FusedKernelTimer()

@@ -272,14 +272,14 @@ ROLLOUT_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch
 def configure_rollout(world_model, precision: str = "fp32", compile_rollout: bool = False) -> None:
     """Opt-in speed paths of the planner's rollout (docs/planning.md, Speed): ``precision="bf16"`` runs
     it under bf16 autocast (not exact; faster only on CPUs with bf16 matmul units such as AMX), and
-    ``compile_rollout`` runs its cached step through torch.compile (exact to 3e-6; 10-40 s to compile
-    on the first plan)."""
+    ``compile_rollout`` runs its KV-cached rollout through torch.compile (exact to 3e-6; 4-40 s to
+    compile on the first plan)."""
     if precision not in ROLLOUT_PRECISIONS:
         raise ValueError(f"rollout_precision={precision!r}; expected one of {list(ROLLOUT_PRECISIONS)}")
     if precision != "fp32":
         world_model.predictor.autocast_decoding(ROLLOUT_PRECISIONS[precision])
     if compile_rollout:
-        world_model.predictor.compile_decoding()
+        world_model.dynamics.compile_rollout()
 
 
 def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:

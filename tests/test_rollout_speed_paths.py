@@ -18,25 +18,27 @@ def small_dynamics() -> Dynamics:
 
 
 @pytest.mark.slow
-def test_compiled_decoding_matches_eager_rollout() -> None:
+def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> None:
     dynamics = small_dynamics()
-    samples, context, horizon = 5, 2, 3
+    dynamics.config.rollout_chunk = 2  # 5 samples: chunks of 2, 2 and 1, so the sample count changes between calls
+    context = 2
     z0 = torch.randn(1, context, 4, 32)  # a shared two-frame context: the cached prefix runs with a mask
     state0 = torch.randn(1, context, 4)
     context_actions = torch.randn(1, context - 1, 3)
-    actions = torch.randn(samples, horizon, 3)
+    actions = {horizon: torch.randn(5, horizon, 3) for horizon in (3, 1)}
     with torch.no_grad():
-        eager = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
-        dynamics.predictor.compile_decoding()
-        compiled = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+        eager = {h: dynamics.rollout(z0, state0, a, context_actions=context_actions) for h, a in actions.items()}
+        dynamics.compile_rollout()
+        for horizon, a in actions.items():
+            compiled = dynamics.rollout(z0, state0, a, context_actions=context_actions)
+            torch.testing.assert_close(compiled, eager[horizon], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.slow
-def test_compiled_decoding_follows_new_weights() -> None:
+def test_compiled_rollout_follows_new_weights() -> None:
     dynamics, twin = small_dynamics(), small_dynamics()  # the twin stays eager
     z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)
-    dynamics.predictor.compile_decoding()
+    dynamics.compile_rollout()
     with torch.no_grad():
         dynamics.rollout(z0, state0, actions)  # compiled with the first weights
         for model in (dynamics, twin):
@@ -151,25 +153,23 @@ def test_single_query_attention_matches_sdpa(keys: int) -> None:
 @pytest.mark.parametrize("conditioning", ["tokens", "additive"])
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_cached_step_traces_as_one_graph(conditioning: str, threads: int, dtype: torch.dtype | None, monkeypatch,
-                                        set_torch_threads) -> None:
-    """``compile_decoding`` compiles the cached step whole: one graph break in its layer loop (such as an untraceable
-    call) makes dynamo skip the frame and run the step eagerly, which loses the speed without any error."""
+def test_cached_rollout_traces_as_one_graph(conditioning: str, threads: int, dtype: torch.dtype | None,
+                                           set_torch_threads) -> None:
+    """``compile_rollout`` compiles a chunk's whole cached rollout: a graph break (such as an untraceable call in
+    the layer loop, or a RoPE table built inside the graph because ``_build_rope_tables`` missed a step) splits
+    it or makes dynamo skip the frame and run it eagerly, which loses the speed without any error."""
     torch.manual_seed(0)
     set_torch_threads(threads)
     predictor = ACPredictor(ACPredictorConfig(encoder_dim=32, action_dim=3, state_dim=4, grid_hw=(2, 2), dim=32,
-                                              depth=2, num_heads=2, conditioning=conditioning)).eval()
+                                              depth=2, num_heads=2, conditioning=conditioning))
+    dynamics = Dynamics(predictor, DynamicsConfig(integrated_state_dims=(0, 1, 2))).eval()
     predictor.autocast_decoding(dtype)
-    z, actions, states = torch.randn(3, 1, 4, 32), torch.randn(3, 1, 3), torch.randn(3, 1, 4)
-    step_arguments = []  # what forward_cached hands the step that compile_decoding compiles
-    decode = predictor._decode_steps
-    monkeypatch.setattr(predictor, "_decode_steps", lambda *arguments: step_arguments.append(arguments) or decode(*arguments))
+    context, horizon = 2, 3  # a cached prefix with its mask, then steps that attend to it
+    z0, state0 = torch.randn(1, context, 4, 32), torch.randn(1, context, 4)
+    context_actions, actions = torch.randn(1, context - 1, 3), torch.randn(5, horizon, 3)
     with torch.no_grad():
-        cache = predictor.new_cache(3, 2, z)
-        for _ in range(2):  # the second step attends to a cached prefix, as in a rollout
-            predictor.forward_cached(z, actions, states, cache)
-        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
-            explanation = torch._dynamo.explain(decode)(*step_arguments[-1])
+        dynamics._build_rope_tables(context, horizon, z0.device)  # what rollout does before the compiled call
+        explanation = torch._dynamo.explain(dynamics._cached_rollout)(z0, state0, actions, context_actions)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
 

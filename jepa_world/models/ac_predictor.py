@@ -24,7 +24,7 @@ Memory: the block-causal mask is built per call from step ids for the T actually
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -176,7 +176,6 @@ class ACPredictor(nn.Module):
         if c.predict_residual:  # start exactly at "next frame = this frame"
             nn.init.zeros_(self.predictor_proj.weight)
         self._step_template = self._build_step_template()
-        self._compiled_decode: Callable[..., Tensor] | None = None  # set by compile_decoding
         self._decode_autocast: torch.dtype | None = None  # set by autocast_decoding
         # RoPE tables by (first step, steps, device): a rollout asks for the same few at every step of
         # every planning iteration, and building one costs ~0.24 ms, a tenth of a small model's step.
@@ -310,10 +309,9 @@ class ACPredictor(nn.Module):
         if num_steps > 1:  # new steps see all cached tokens plus earlier/same new steps
             causal = self.block_causal_mask(num_steps, z.device)
             mask = torch.cat([causal.new_ones(n_new, start), causal], dim=1)
-        decode = self._compiled_decode or self._decode_steps
         low_precision = self._decode_autocast is not None
         with torch.autocast(z.device.type, dtype=self._decode_autocast, enabled=low_precision):
-            out = decode(z, actions, states, rope, cache.keys, cache.values, start, mask)
+            out = self._decode_steps(z, actions, states, rope, cache.keys, cache.values, start, mask)
         cache.length, cache.steps = end, cache.steps + num_steps
         return out.to(z.dtype)
 
@@ -321,7 +319,8 @@ class ACPredictor(nn.Module):
                       keys: list[Tensor], values: list[Tensor], start: int, mask: Tensor | None) -> Tensor:
         """The tensor work of ``forward_cached``: writes the new keys/values at ``start`` and predicts.
 
-        Kept free of cache bookkeeping so that ``compile_decoding`` can hand it to torch.compile whole."""
+        Kept free of cache bookkeeping, which stays in Python ints, so that a compiled rollout
+        (``Dynamics.compile_rollout``) traces it without graph breaks."""
         x = self.embed_steps(z, actions, states)
         end = start + x.shape[1]
         last = len(self.predictor_blocks) - 1
@@ -336,18 +335,6 @@ class ACPredictor(nn.Module):
             x = x + block.attn.attend(q, k_buf[:, :, :end], v_buf[:, :, :end], mask)
             x = x + block.mlp(block.norm2(x))
         return self.project_frames(x, z)
-
-    def compile_decoding(self) -> None:
-        """Run ``forward_cached``'s tensor work through torch.compile (inductor) from now on.
-
-        Inductor fuses what eager runs as separate memory-bound passes (RoPE, bias + GELU, residual
-        adds, layer norms) around the matmuls: 1.2-1.3x per rollout at 300 samples x 16 tokens on this
-        CPU (docs/planning.md, Speed). The first call compiles (10-40 s cold); the second cached length
-        recompiles once with the length symbolic (automatic dynamic shapes), so a rollout of any horizon
-        needs two compiles per batch size. The weights stay graph inputs: loading or training new
-        weights needs no recompile.
-        """
-        self._compiled_decode = torch.compile(self._decode_steps)
 
     @property
     def decoding_dtype(self) -> torch.dtype | None:
