@@ -194,12 +194,13 @@ class Dynamics(nn.Module):
         """Run the KV-cached rollout through torch.compile (inductor) from now on, one graph per sample chunk.
 
         The graph holds a chunk's whole rollout (every horizon step and layer, the cache writes, the
-        glue between steps), so no Python runs between its kernels: 1.04-1.07x the cached step compiled
-        alone at 300 samples x 18 tokens, horizon 2, and 1.07x per action for the shipped reach model
-        (docs/planning.md, "seventh session"); exact to 3e-6 against eager. Each (horizon, context
-        length) compiles once, the sample count becoming symbolic at its second value (automatic
-        dynamic shapes); the first call compiles (about 40 s at that configuration, 4 s for the shipped
-        model). The weights stay graph inputs: loading or training new weights needs no recompile.
+        glue between steps), so the eager glue and dynamo's guards run once per chunk, not once per step:
+        1.04-1.07x the cached step compiled alone at 300 samples x 18 tokens, horizon 2, and 1.07x per
+        action for the shipped reach model (docs/planning.md, "seventh session"); exact to 3e-6 against
+        eager. Each (horizon, context length) compiles once, the sample count becoming symbolic at its
+        second value (automatic dynamic shapes); the first call compiles (about 40 s at that
+        configuration, 4 s for the shipped model). The weights stay graph inputs: loading or training
+        new weights needs no recompile.
         """
         self._compiled_rollout = torch.compile(self._cached_rollout)
 
