@@ -203,7 +203,7 @@ def main() -> None:
     wm, model_name = random_world_model(random_overrides) if args.random else default_world_model(args.model)
     if args.compile:
         wm.dynamics.compile_rollout()
-        model_name += ", compiled decoding"
+        model_name += ", compiled rollout"
     cfg = planner_config(args.planner, {"samples": args.samples, "iterations": args.iterations})
     env = envs.make("reach", image_size=ev.model_image_size(wm) or 64)
     observation, _ = env.reset(seed=0)
