@@ -141,7 +141,7 @@ def parameters_m(module: torch.nn.Module) -> float:
 
 
 def fast_copy(dynamics: Dynamics, compiled: bool, low_precision: bool) -> Dynamics:
-    """A copy of ``dynamics`` whose predictor decodes through torch.compile and/or bf16 autocast."""
+    """A copy of ``dynamics`` whose cached rollout runs through torch.compile and/or bf16 autocast."""
     fast = copy.deepcopy(dynamics)
     if compiled:
         fast.compile_rollout()
