@@ -90,7 +90,7 @@ class Row:
 
 def with_peak_probe(fns: dict[str, Callable[[], object]]) -> dict[str, Callable[[], object]]:
     """``fns`` plus a 2048^2 fp32 matmul, so that every round robin measures the peak under its own load: on
-    this shared host the peak alone swings 1.7-1.9x between runs (docs/planning.md), and a peak measured
+    this shared host the peak alone swings 1.7-1.9x between runs (docs/speed.md), and a peak measured
     minutes before a row says little about the cores that row ran on."""
     a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
     return {PEAK_PROBE: lambda: [a @ b for _ in range(PEAK_PRODUCTS)], **fns}
@@ -119,7 +119,7 @@ def import_from(root: Path, module: str, first: bool = True) -> object:
 def round_robin(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, tuple[float, float]]:
     """(median wall s, median CPU s) per call of each fn, after one warm-up each (compiles happen there);
     the repeats alternate between fns so that a change of load on the shared box hits all of them, and every
-    other round runs them in reverse: a fn's place in the round changed its time by 2-6% (docs/planning.md,
+    other round runs them in reverse: a fn's place in the round changed its time by 2-6% (docs/speed.md,
     "third session"), and an even ``repeats`` gives every fn each place equally often."""
     for fn in fns.values():
         fn()

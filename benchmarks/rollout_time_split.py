@@ -12,7 +12,7 @@ a 2048^2 fp32 product, so the peak is measured under the same load.
 
 Why not torch.profiler: its own allocations make glibc shrink and regrow the heap, so the 3 MB MLP
 hidden buffer is page-faulted inside the first MLP product: under the profiler that product ran at
-110-130 GFLOP/s, 190 without it (docs/planning.md, "2026-12-06, third session").
+110-130 GFLOP/s, 190 without it (docs/speed.md, "2026-12-06, third session").
 """
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
 STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
 # Tokens per step in one CPU rollout chunk: 1024 rows keep a 6 x 192 predictor's MLP activations
 # (1024 x 768 floats) in cache; 1.27x per rollout at 300 samples x 18 tokens against one chunk
-# (docs/planning.md, "Rollout routes"), no change for models whose whole batch is smaller.
+# (docs/speed.md, "Rollout routes"), no change for models whose whole batch is smaller.
 CPU_CHUNK_TOKENS = 1024
 
 
@@ -196,7 +196,7 @@ class Dynamics(nn.Module):
         The graph holds a chunk's whole rollout (every horizon step and layer, the cache writes, the
         glue between steps), so the eager glue and dynamo's guards run once per chunk, not once per step:
         1.04-1.07x the cached step compiled alone at 300 samples x 18 tokens, horizon 2, and 1.07x per
-        action for the shipped reach model (docs/planning.md, "seventh session"); exact to 3e-6 against
+        action for the shipped reach model (docs/speed.md, "seventh session"); exact to 3e-6 against
         eager. Each (horizon, context length) compiles once, the sample count becoming symbolic at its
         second value (automatic dynamic shapes); the first call compiles (about 40 s at that
         configuration, 4 s for the shipped model). The weights stay graph inputs: loading or training

@@ -18,7 +18,7 @@ from jepa_world import evaluation as ev  # noqa: E402
 
 
 def test_round_robin_reverses_every_other_round_and_takes_medians():
-    """A fn's place in a round moved its time by 2-6% (docs/planning.md), so every other round runs in reverse."""
+    """A fn's place in a round moved its time by 2-6% (docs/speed.md), so every other round runs in reverse."""
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in "abc"}
     times = compare_anchors.round_robin(fns, repeats=4)

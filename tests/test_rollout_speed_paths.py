@@ -48,6 +48,20 @@ def test_compiled_rollout_follows_new_weights() -> None:
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("has_bf16_units", [False, True])
+def test_bf16_decoding_warns_on_cpus_without_bf16_matrix_instructions(has_bf16_units: bool, monkeypatch,
+                                                                      caplog) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: has_bf16_units)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    predictor = small_dynamics().predictor
+    with caplog.at_level("WARNING", logger="jepa_world.models.ac_predictor"):
+        predictor.autocast_decoding(torch.bfloat16)
+        predictor.autocast_decoding(None)  # back to full precision: nothing to warn about
+    warnings = [r for r in caplog.records if "AVX512-BF16 or AMX" in r.getMessage()]
+    assert len(warnings) == (0 if has_bf16_units else 1)
+    assert predictor.decoding_dtype is None
+
+
 def test_bf16_decoding_is_close_and_returns_the_input_dtype() -> None:
     dynamics = small_dynamics()
     z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)

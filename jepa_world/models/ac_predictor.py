@@ -10,7 +10,7 @@ of frame t's tokens predicts the tokens of frame t+1; action/state outputs are d
 of its step, so a step is its frame tokens alone. That equals DINO-WM's conditioning (the action
 concatenated to each token's channels, then projected: ``W [z; a] = W_z z + W_a a``). With few
 tokens per frame it is the cheaper layout: at one token per frame a step has 1 token instead of
-2-3, and the planner's rollout does a half to a third of the work (docs/planning.md).
+2-3, and the planner's rollout does a half to a third of the work (docs/speed.md).
 
 Parameter names follow the official ``VisionTransformerPredictorAC`` (``predictor_embed``,
 ``action_encoder``, ``state_encoder``, ``extrinsics_encoder``, ``predictor_blocks.N.*``,
@@ -348,10 +348,21 @@ class ACPredictor(nn.Module):
         Not exact: on the 6 x 192 predictor, bf16 predictions differ from fp32 by 0.005 mean absolute
         (layer-normed latents of mean magnitude 0.8). Faster only where the CPU multiplies bf16 in
         hardware: with AMX (this machine's one core: bf16 matmul 1025 GFLOP/s, fp32 181) a 300-sample
-        rollout runs 2x faster eager and 2.6x compiled (docs/planning.md, Speed); without it, slower.
-        The KV cache is kept in ``dtype``; predictions come back in the input's dtype.
+        rollout runs 2x faster eager and 2.6x compiled (docs/speed.md, "Rollout routes"); without it, slower.
+        The KV cache is kept in ``dtype``; predictions come back in the input's dtype. On a CPU without bf16
+        matrix instructions (neither AVX512-BF16 nor AMX) it logs a warning: there a bf16 product runs about
+        12x slower than fp32 (1008 x 192 by 192 x 576 on an AVX2 AMD EPYC: 3.7 vs 45.5 GFLOP/s, one thread).
         """
+        on_cpu = next(self.parameters()).device.type == "cpu"
+        if dtype == torch.bfloat16 and on_cpu and not cpu_multiplies_bf16():
+            log.warning("bf16 rollout on a CPU without AVX512-BF16 or AMX: its bf16 products run about 12x "
+                        "slower than fp32 here; keep full precision (rollout_precision=fp32)")
         self._decode_autocast = dtype
+
+
+def cpu_multiplies_bf16() -> bool:
+    """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def embed_shared_rows(layer: nn.Linear, x: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ from jepa_world.models.rope import RopeTables, apply_rope
 
 LAYER_NORM_EPS = 1e-6
 # Up to this many keys, CPU attention runs as explicit matmul + softmax wherever the CPU flash kernel of
-# scaled_dot_product_attention is the slower one (docs/planning.md, Speed): in bf16 (2-3x slower: 300 x 6 heads
+# scaled_dot_product_attention is the slower one (docs/speed.md): in bf16 (2-3x slower: 300 x 6 heads
 # x 2 queries x 10 keys: 2.0 vs 0.96 ms) and in fp32 with more than one thread, where the kernel's parallel
 # loop costs more than the work (2 threads, AMD EPYC: 2.7 vs 0.56 ms at 300 x 2 x 10; 6.0 vs 3.1 ms at
 # 300 x 18 x 36). On one fp32 thread the kernel is as fast or faster (0.57 vs 1.2 ms for single queries).
@@ -32,7 +32,7 @@ def linear(layer: nn.Linear, x: Tensor) -> Tensor:
     Traced as one ``addmm``, a CPU linear first copies the bias into every output row and then accumulates
     the product onto it; inductor unfuses that only on GPUs. A plain matmul plus an add lets inductor fold
     the bias into the elementwise kernel that follows (RoPE, GELU, the residual add): 4-5% of a compiled
-    300-sample rollout on this CPU (docs/planning.md, Speed). Eager keeps the single ``addmm``."""
+    300-sample rollout on this CPU (docs/speed.md). Eager keeps the single ``addmm``."""
     if layer.bias is None or not torch.compiler.is_compiling():
         return layer(x)
     out = F.linear(x, layer.weight)
