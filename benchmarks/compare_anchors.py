@@ -28,7 +28,9 @@ Configurations:
     1 token per step like stable-worldmodel's).
 Ours is timed eager, with ``Dynamics.compile_rollout()`` (torch.compile of the KV-cached rollout), and
 compiled under ``ACPredictor.autocast_decoding(torch.bfloat16)`` (not exact; fast where the CPU has
-AMX); rollout-only rows add sample chunks (``rollout_chunk``) and eager bf16.
+AMX); rollout-only rows add sample chunks (``rollout_chunk``) and eager bf16. ``--bf16 auto`` (the default)
+drops the bf16 rows on a CPU with neither AVX512-BF16 nor AMX, where a bf16 product runs about 12x slower than
+fp32 and those rows alone would take most of the run.
 
 Times are process CPU time per planning call (x threads = what an unstarved process would take),
 medians over ``--repeats`` calls taken round-robin so that load changes hit every path alike; wall
@@ -60,7 +62,8 @@ from torch import Tensor
 from planning import count_flops, matmul_peak_gflops  # noqa: E402  (sibling benchmark script)
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
-from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig, load_official_state_dict
+from jepa_world.models.ac_predictor import (ACPredictor, ACPredictorConfig, cpu_multiplies_bf16,
+                                           load_official_state_dict)
 from planners import make_planner
 from planners.objectives import ObjectiveConfig, build_cost_fn
 
@@ -151,15 +154,16 @@ def fast_copy(dynamics: Dynamics, compiled: bool, low_precision: bool) -> Dynami
 
 
 def anchor_rows(anchor: str, plan_anchor: Callable[[], None], anchor_params_m: float, models: dict[str, Dynamics],
-                plan_with: Callable[[Dynamics], Callable[[], None]], repeats: int) -> list[Row]:
+                plan_with: Callable[[Dynamics], Callable[[], None]], repeats: int, bf16: bool) -> list[Row]:
     """Rows for one planning call of the anchor and, for each of our ``{name: model}``, of that model eager,
-    compiled, and compiled under bf16 autocast, all timed round-robin; ``plan_with(model)`` is our planning
-    call on that model."""
+    compiled, and (with ``bf16``) compiled under bf16 autocast, all timed round-robin; ``plan_with(model)`` is
+    our planning call on that model."""
     routes: dict[str, tuple[str, Dynamics]] = {}  # row -> (our model's name, the model timed)
     for name, dynamics in models.items():
         routes[f"{name} eager"] = (name, dynamics)
         routes[f"{name} compiled"] = (name, fast_copy(dynamics, True, False))
-        routes[f"{name} compiled, bf16 autocast"] = (name, fast_copy(dynamics, True, True))
+        if bf16:
+            routes[f"{name} compiled, bf16 autocast"] = (name, fast_copy(dynamics, True, True))
     fns = {anchor: plan_anchor, **{row: plan_with(model) for row, (_, model) in routes.items()}}
     times = round_robin(with_peak_probe(fns), repeats)
     peak = probed_peak(times, torch.get_num_threads())
@@ -188,7 +192,8 @@ def official_dynamics(predictor: ACPredictor) -> Dynamics:
     return Dynamics(predictor, DynamicsConfig(integrated_state_dims=tuple(range(OFFICIAL_ACTION_DIM))))
 
 
-def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, horizon: int) -> tuple[list[Row], str]:
+def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, horizon: int,
+                     bf16: bool) -> tuple[list[Row], str]:
     """Rows for the official CEM path, ours eager and ours compiled, and a line on weight/FLOP equality."""
     ac_module = import_from(vjepa2, "src.models.ac_predictor")
     wrapper_module = import_from(vjepa2, "notebooks.utils.world_model_wrapper")
@@ -239,15 +244,15 @@ def official_vs_ours(vjepa2: Path, repeats: int, samples: int, iterations: int, 
         return run
 
     rows = anchor_rows("official V-JEPA 2-AC CEM", plan_official, parameters_m(official), {"ours": dynamics}, plan_ours,
-                       repeats)
-    rows += rollout_routes(dynamics, z0, pose0, torch.zeros(samples, horizon, action_dim), iterations, repeats)
+                       repeats, bf16)
+    rows += rollout_routes(dynamics, z0, pose0, torch.zeros(samples, horizon, action_dim), iterations, repeats, bf16)
     return rows, check
 
 
 def rollout_routes(dynamics: Dynamics, z0: Tensor, state0: Tensor, actions: Tensor, iterations: int,
-                   repeats: int) -> list[Row]:
+                   repeats: int, bf16: bool) -> list[Row]:
     """Our rollout alone by route, scaled to a planning call (x iterations): eager or compiled, fp32 or
-    bf16 autocast (not exact), and fp32 in sample chunks of 100 (``rollout_chunk``)."""
+    (with ``bf16``) bf16 autocast (not exact), and fp32 in sample chunks of 100 (``rollout_chunk``)."""
     def chunked(model: Dynamics) -> Dynamics:
         twin = copy.copy(model)  # shares the predictor (and its compiled rollout); only the chunking differs
         twin.config = dataclasses.replace(model.config, rollout_chunk=100)
@@ -255,8 +260,10 @@ def rollout_routes(dynamics: Dynamics, z0: Tensor, state0: Tensor, actions: Tens
 
     compiled = fast_copy(dynamics, True, False)
     routes = {"eager": dynamics, "eager, chunks of 100": chunked(dynamics), "compiled": compiled,
-              "compiled, chunks of 100": chunked(compiled), "eager, bf16 autocast": fast_copy(dynamics, False, True),
-              "compiled, bf16 autocast": fast_copy(dynamics, True, True)}
+              "compiled, chunks of 100": chunked(compiled)}
+    if bf16:
+        routes |= {"eager, bf16 autocast": fast_copy(dynamics, False, True),
+                   "compiled, bf16 autocast": fast_copy(dynamics, True, True)}
     fns = {name: (lambda m=model: m.rollout(z0, state0, actions)) for name, model in routes.items()}
     with torch.no_grad():
         flops = count_flops(lambda: dynamics.rollout(z0, state0, actions))
@@ -270,7 +277,7 @@ def rollout_routes(dynamics: Dynamics, z0: Tensor, state0: Tensor, actions: Tens
 # --------------------------------------------------------------------------- stable-worldmodel
 
 
-def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon: int) -> list[Row]:
+def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon: int, bf16: bool) -> list[Row]:
     cem_module = import_from(site, "stable_worldmodel.solver.cem", first=False)
     lewm_module = import_from(site, "stable_worldmodel.wm.lewm.lewm", first=False)
     parts = import_from(site, "stable_worldmodel.wm.lewm.module", first=False)
@@ -316,7 +323,7 @@ def swm_vs_ours(site: Path, repeats: int, samples: int, iterations: int, horizon
         return run
 
     return anchor_rows("stable-worldmodel CEMSolver + LeWM", plan_swm,
-                       parameters_m(predictor) + parameters_m(action_encoder), models, plan_ours, repeats)
+                       parameters_m(predictor) + parameters_m(action_encoder), models, plan_ours, repeats, bf16)
 
 
 # --------------------------------------------------------------------------- report
@@ -345,18 +352,22 @@ def main() -> None:
                         f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages")
     parser.add_argument("--repeats", type=int, default=4)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--bf16", choices=("auto", "on", "off"), default="auto",
+                        help="time the bf16 autocast rows; auto: only on a CPU with AVX512-BF16 or AMX")
     args = parser.parse_args()
+    bf16 = args.bf16 == "on" or (args.bf16 == "auto" and cpu_multiplies_bf16())
     torch.set_num_threads(args.threads)
     # Several compiled predictors (and chunk sizes) share _decode_steps' compile cache in this one
     # process; past dynamo's default 8 entries it would silently fall back to eager.
     torch._dynamo.config.recompile_limit = 64
     torch.manual_seed(0)
     peak = matmul_peak_gflops()
+    bf16_peak = f"bf16 {matmul_peak_gflops(dtype=torch.bfloat16):.0f} GFLOP/s" if bf16 else "bf16 rows not timed"
     print(f"{args.threads} thread(s); matmul peak (2048^2, from CPU time, this process): fp32 {peak:.0f} GFLOP/s, "
-          f"bf16 {matmul_peak_gflops(dtype=torch.bfloat16):.0f} GFLOP/s; % of peak below is of the fp32 peak")
+          f"{bf16_peak}; % of peak below is of the fp32 peak")
 
     try:
-        rows, check = official_vs_ours(args.vjepa2, args.repeats, samples=300, iterations=10, horizon=2)
+        rows, check = official_vs_ours(args.vjepa2, args.repeats, samples=300, iterations=10, horizon=2, bf16=bf16)
         print(check)
     except AnchorUnavailable as error:
         print(f"official V-JEPA 2-AC path not timed: {error}")
@@ -365,7 +376,7 @@ def main() -> None:
                     "iterations, horizon 2", rows, "official V-JEPA 2-AC CEM", peak, args.threads)
 
     try:
-        rows = swm_vs_ours(args.swm_site, args.repeats, samples=300, iterations=30, horizon=5)
+        rows = swm_vs_ours(args.swm_site, args.repeats, samples=300, iterations=30, horizon=5, bf16=bf16)
     except AnchorUnavailable as error:
         print(f"stable-worldmodel CEM not timed: {error}")
     else:
