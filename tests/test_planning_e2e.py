@@ -2,7 +2,7 @@
 stages, then plan toward goal images with the evaluation script and map the energy landscape.
 
 Torch runs on all cores: on a quiet 2-core machine (AMD EPYC, AVX2, 2026-12-07) the five stages took 242 s with
-two threads against 327 s with one (both 90% near success, the same final metrics to 3 digits).
+two threads against 327 s with one (both 90% near success, final prediction metrics within 1%).
 """
 import json
 import subprocess
