@@ -4,10 +4,23 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
 from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention
+
+
+# The compiled-rollout tests share these shapes: a shared two-frame context (the cached prefix runs with a mask) and
+# sample chunks of 2. A cold inductor cache compiles each (horizon, chunk size) graph in 25-30 s on a 2-core CPU;
+# the shared shapes let the second test reuse the first one's horizon-3 graph from inductor's cache.
+CONTEXT, CHUNK = 2, 2
+
+
+def compiled_rollout_inputs(samples: int, horizon: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """z0 (1, CONTEXT, 4, 32), state0 (1, CONTEXT, 4), actions (samples, horizon, 3), context actions (1, CONTEXT-1, 3)."""
+    return (torch.randn(1, CONTEXT, 4, 32), torch.randn(1, CONTEXT, 4), torch.randn(samples, horizon, 3),
+            torch.randn(1, CONTEXT - 1, 3))
 
 
 def small_dynamics() -> Dynamics:
@@ -20,12 +33,11 @@ def small_dynamics() -> Dynamics:
 @pytest.mark.slow
 def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> None:
     dynamics = small_dynamics()
-    dynamics.config.rollout_chunk = 2  # 5 samples: chunks of 2, 2 and 1, so the sample count changes between calls
-    context = 2
-    z0 = torch.randn(1, context, 4, 32)  # a shared two-frame context: the cached prefix runs with a mask
-    state0 = torch.randn(1, context, 4)
-    context_actions = torch.randn(1, context - 1, 3)
-    actions = {horizon: torch.randn(5, horizon, 3) for horizon in (3, 1)}
+    dynamics.config.rollout_chunk = CHUNK
+    z0, state0, _, context_actions = compiled_rollout_inputs(1, 1)
+    # horizon 3 over 5 samples: chunks of 2, 2 and 1, so the sample count changes between calls; horizon 1 (whose
+    # planned step skips RoPE) over 4 samples: chunks of 2 only, one graph fewer to compile
+    actions = {3: torch.randn(5, 3, 3), 1: torch.randn(4, 1, 3)}
     with torch.no_grad():
         eager = {h: dynamics.rollout(z0, state0, a, context_actions=context_actions) for h, a in actions.items()}
         dynamics.compile_rollout()
@@ -37,14 +49,16 @@ def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> 
 @pytest.mark.slow
 def test_compiled_rollout_follows_new_weights() -> None:
     dynamics, twin = small_dynamics(), small_dynamics()  # the twin stays eager
-    z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)
+    dynamics.config.rollout_chunk = CHUNK
+    z0, state0, actions, context_actions = compiled_rollout_inputs(CHUNK, 3)
     dynamics.compile_rollout()
     with torch.no_grad():
-        dynamics.rollout(z0, state0, actions)  # compiled with the first weights
+        dynamics.rollout(z0, state0, actions, context_actions=context_actions)  # compiled with the first weights
         for model in (dynamics, twin):
             for parameter in model.predictor.parameters():
                 parameter.mul_(1.5)
-        compiled, eager = dynamics.rollout(z0, state0, actions), twin.rollout(z0, state0, actions)
+        compiled = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
+        eager = twin.rollout(z0, state0, actions, context_actions=context_actions)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
