@@ -12,15 +12,14 @@ from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS
 
 
 # The compiled-rollout tests share these shapes: a shared two-frame context (the cached prefix runs with a mask) and
-# sample chunks of 2. A cold inductor cache compiles each (horizon, chunk size) graph in 25-30 s on a 2-core CPU;
+# sample chunks of 2. A cold inductor cache compiles each (horizon, chunk size) graph in 30-35 s on a 2-core CPU;
 # the shared shapes let the second test reuse the first one's horizon-3 graph from inductor's cache.
 CONTEXT, CHUNK = 2, 2
 
 
-def compiled_rollout_inputs(samples: int, horizon: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """z0 (1, CONTEXT, 4, 32), state0 (1, CONTEXT, 4), actions (samples, horizon, 3), context actions (1, CONTEXT-1, 3)."""
-    return (torch.randn(1, CONTEXT, 4, 32), torch.randn(1, CONTEXT, 4), torch.randn(samples, horizon, 3),
-            torch.randn(1, CONTEXT - 1, 3))
+def shared_context() -> tuple[Tensor, Tensor, Tensor]:
+    """z0 (1, CONTEXT, 4, 32), state0 (1, CONTEXT, 4) and context actions (1, CONTEXT-1, 3), shared by all samples."""
+    return torch.randn(1, CONTEXT, 4, 32), torch.randn(1, CONTEXT, 4), torch.randn(1, CONTEXT - 1, 3)
 
 
 def small_dynamics() -> Dynamics:
@@ -34,7 +33,7 @@ def small_dynamics() -> Dynamics:
 def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> None:
     dynamics = small_dynamics()
     dynamics.config.rollout_chunk = CHUNK
-    z0, state0, _, context_actions = compiled_rollout_inputs(1, 1)
+    z0, state0, context_actions = shared_context()
     # horizon 3 over 5 samples: chunks of 2, 2 and 1, so the sample count changes between calls; horizon 1 (whose
     # planned step skips RoPE) over 4 samples: chunks of 2 only, one graph fewer to compile
     actions = {3: torch.randn(5, 3, 3), 1: torch.randn(4, 1, 3)}
@@ -50,7 +49,8 @@ def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> 
 def test_compiled_rollout_follows_new_weights() -> None:
     dynamics, twin = small_dynamics(), small_dynamics()  # the twin stays eager
     dynamics.config.rollout_chunk = CHUNK
-    z0, state0, actions, context_actions = compiled_rollout_inputs(CHUNK, 3)
+    z0, state0, context_actions = shared_context()
+    actions = torch.randn(CHUNK, 3, 3)  # one chunk at horizon 3: the first test's first graph
     dynamics.compile_rollout()
     with torch.no_grad():
         dynamics.rollout(z0, state0, actions, context_actions=context_actions)  # compiled with the first weights
