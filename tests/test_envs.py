@@ -16,10 +16,10 @@ HAS_METAWORLD = importlib.util.find_spec("metaworld") is not None
 OWN_ENVS = ("reach", "push", "reacher")
 
 
-def env_names():
-    for name in envs.ENV_NAMES:
-        marks = () if name != "metaworld-reach" or HAS_METAWORLD else pytest.mark.skip("metaworld extra not installed")
-        yield pytest.param(name, marks=marks)
+def env_names() -> list:
+    skip_metaworld = pytest.mark.skip("metaworld extra not installed")
+    return [pytest.param(name, marks=() if name != "metaworld-reach" or HAS_METAWORLD else skip_metaworld)
+            for name in envs.ENV_NAMES]
 
 
 def run_episodes(name: str, episodes: int, policy: str, stop_at_success: bool = False) -> float:

@@ -47,7 +47,7 @@ STAGES = ("collect", "pretrain", "posttrain", "collect_8", "joint_critic", "coll
 def run_recipe(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     return subprocess.run([sys.executable, "scripts/train_default.py", "env=reach", f"output_dir={out}", "threads=1",
-                           *TOY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                           *TOY, *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800)
 
 
 @pytest.mark.slow
