@@ -16,13 +16,13 @@ CI_NEAR_SUCCESS_FLOOR = 70  # percent of the 10 near goals of seeds 1000-1009 (i
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=400)
+    proc = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(2400)
 def test_end_to_end_model_reaches_near_goals_on_its_own_latents(tmp_path):
     """Issue #12's CI-sized run of the recipe's two post-training stages with the real script:
     collect a small reach dataset; post-train end to end (encoder, projector and predictor); then
