@@ -2,8 +2,9 @@
 
     MUJOCO_GL=egl python benchmarks/agent_speed_routes.py [--models checkpoints/reach-default [OTHER ...]] [--rounds 10]
 
-Routes: fp32 on 1 thread (plan.py's default), fp32 on 2 threads, the compiled cached step
-(`compile_rollout=true`) on 1 and 2 threads and bf16 autocast (`rollout_precision=bf16`), for each model given. Each round
+Routes: fp32 on 1 thread (plan.py's default), fp32 on 2 threads, the compiled rollout alone
+(`Dynamics.compile_rollout`) on 1 thread, the compiled observation encoder and rollout (`compile=true`,
+`WorldModel.compile_for_planning`) on 1 and 2 threads and bf16 autocast (`rollout_precision=bf16`), for each model given. Each round
 runs 10 actions of every model and route in turn, so load changes on a shared machine hit all of them
 alike; compare the ratios (against the first model's fp32 on 1 thread).
 The planner is conf/planner/cem_fast.yaml at horizon 1, the reach env's observation of seed 3 and
@@ -20,7 +21,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import yaml  # noqa: E402
+
+from planning import planner_config  # noqa: E402  (sibling benchmark script)
 
 import envs  # noqa: E402
 from jepa_world import evaluation as ev  # noqa: E402
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROUTES = {  # name: (rollout path, torch threads)
     "fp32, 1 thread": ("eager", 1),
     "fp32, 2 threads": ("eager", 2),
+    "compiled rollout only, 1 thread": ("compile_rollout", 1),
     "compiled, 1 thread": ("compile", 1),
     "compiled, 2 threads": ("compile", 2),
     "bf16, 1 thread": ("bf16", 1),
@@ -39,13 +42,14 @@ ROUTES = {  # name: (rollout path, torch threads)
 
 def build_agent(model: str, path: str, goal: np.ndarray, low: np.ndarray, high: np.ndarray) -> MPCAgent:
     wm = ev.load_world_model(model, "reach")
-    if path == "compile":
+    if path == "compile_rollout":
         wm.dynamics.compile_rollout()
+    elif path == "compile":
+        wm.compile_for_planning()
     elif path == "bf16":
         wm.predictor.autocast_decoding(torch.bfloat16)
-    planner_cfg = yaml.safe_load((ROOT / "conf" / "planner" / "cem_fast.yaml").read_text())
-    planner_cfg.pop("name")
-    agent = MPCAgent(wm, make_planner("cem", **planner_cfg), horizon=1, action_low=low, action_high=high)
+    agent = MPCAgent(wm, make_planner("cem", **planner_config("cem_fast", {})), horizon=1, action_low=low,
+                     action_high=high)
     agent.reset(goal)
     return agent
 

@@ -29,7 +29,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from planning import count_flops  # noqa: E402  (sibling benchmark scripts)
+from planning import count_flops, planner_config  # noqa: E402  (sibling benchmark scripts)
 from pretrain_throughput import BenchConfig, PretrainStep, register_cpu_attention_flops  # noqa: E402
 
 import envs  # noqa: E402
@@ -145,7 +145,7 @@ def end_to_end_step(device: torch.device, batch: int, report: dict, peak: float)
 def planning(device: torch.device, steps: int, report: dict) -> None:
     model = WorldModel.from_pretrained(SHIPPED, map_location=device).eval()
     env = envs.make("reach")
-    agent = MPCAgent(model, make_planner("cem", samples=64, elites=8, iterations=5), horizon=1,
+    agent = MPCAgent(model, make_planner("cem", **planner_config("cem_fast", {})), horizon=1,
                      action_low=env.action_space.low, action_high=env.action_space.high)
     obs, _ = env.reset(seed=3)
     agent.reset(env.unwrapped.goal_image())

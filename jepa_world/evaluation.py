@@ -269,22 +269,22 @@ def make_env(env_cfg: dict[str, Any], image_size: int | None = None) -> gym.Env:
 ROLLOUT_PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def configure_rollout(world_model, precision: str = "fp32", compile_rollout: bool = False) -> None:
-    """Opt-in speed paths of the planner's rollout (docs/planning.md, Speed): ``precision="bf16"`` runs
-    it under bf16 autocast (not exact; faster only on CPUs with bf16 matmul units such as AMX), and
-    ``compile_rollout`` runs its KV-cached rollout through torch.compile (exact to 3e-6; 4-40 s to
-    compile on the first plan)."""
+def configure_speed(world_model, precision: str = "fp32", compile_planning: bool = False) -> None:
+    """Opt-in speed paths of planning (docs/planning.md, Speed): ``precision="bf16"`` runs the rollout
+    under bf16 autocast (not exact; faster only on CPUs with bf16 matmul units such as AMX), and
+    ``compile_planning`` runs the observation encoder and the KV-cached rollout through torch.compile
+    (``WorldModel.compile_for_planning``; exact to about 1e-6, the first plan pays the compile)."""
     if precision not in ROLLOUT_PRECISIONS:
         raise ValueError(f"rollout_precision={precision!r}; expected one of {list(ROLLOUT_PRECISIONS)}")
     if precision != "fp32":
         world_model.predictor.autocast_decoding(ROLLOUT_PRECISIONS[precision])
-    if compile_rollout:
-        world_model.dynamics.compile_rollout()
+    if compile_planning:
+        world_model.compile_for_planning()
 
 
 def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
     """MPCAgent from a plan/evaluate config: planner group, horizon, budget, objective, rollout speed paths."""
-    configure_rollout(world_model, str(cfg.get("rollout_precision", "fp32")), bool(cfg.get("compile_rollout", False)))
+    configure_speed(world_model, str(cfg.get("rollout_precision", "fp32")), bool(cfg.get("compile", False)))
     planner_cfg = dict(cfg["planner"])
     name = planner_cfg.pop("name", None)
     if name is None:
@@ -299,7 +299,7 @@ def build_agent(cfg: dict[str, Any], world_model, env: gym.Env) -> MPCAgent:
 
 
 SETTING_KEYS = ("policy", "model_dir", "goal", "seed", "episodes", "num_envs", "max_steps", "horizon", "replan_every", "context_frames", "prediction_feedback",
-                "time_budget_s", "warm_start", "planner", "objective", "rollout_precision", "compile_rollout")
+                "time_budget_s", "warm_start", "planner", "objective", "rollout_precision", "compile")
 
 
 def run_settings(cfg: dict[str, Any], agent: MPCAgent | None = None) -> dict[str, Any]:

@@ -7,8 +7,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from jepa_world.dynamics import Dynamics, DynamicsConfig
+from jepa_world.evaluation import configure_speed
+from jepa_world.latent_encoder import LatentConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
 from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention
+from jepa_world.models.vit import build_encoder
+from jepa_world.world_model import WorldModel
 
 
 # The compiled-rollout tests share these shapes: a shared two-frame context (the cached prefix runs with a mask) and
@@ -62,6 +66,46 @@ def test_compiled_rollout_follows_new_weights() -> None:
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
 
+def small_world_model(latent: str) -> WorldModel:
+    """A 16 px, one-block ViT with token latents (pooled 2x2 grid) or a global projected latent, and a predictor."""
+    torch.manual_seed(0)
+    encoder = build_encoder("tiny", img_size=16, patch_size=4, embed_dim=32, depth=1, num_heads=2)
+    latents = LatentConfig(latent=latent, latent_dim=16, projector_hidden=32, latent_pool=2,
+                           normalize_latents=latent == "tokens")
+    return WorldModel.create(encoder, action_dim=3, latent_config=latents, dim=32, depth=1,
+                             num_heads=2).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("latent", ["tokens", "global"])
+def test_encode_traces_as_one_graph(latent: str) -> None:
+    """``compile_encode`` compiles ``embed`` whole: a graph break would run part of the ViT eagerly, silently."""
+    latent_encoder = small_world_model(latent).latent_encoder
+    frames = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)  # channels-last, as cameras give them
+    with torch.no_grad():
+        explanation = torch._dynamo.explain(latent_encoder.embed)(frames)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_planning_encodes_and_rolls_out_as_eager() -> None:
+    """``compile=true`` in plan.py/evaluate.py: the compiled observation encoder and rollout give eager's latents,
+    at one and two frames (the planner's observation, then a batch of goals)."""
+    world_model, twin = small_world_model("global"), small_world_model("global")  # the twin stays eager
+    frames = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    actions = torch.randn(4, 2, 3)
+    configure_speed(world_model, "fp32", compile_planning=True)
+    with torch.no_grad():
+        for batch in (1, 2):
+            torch.testing.assert_close(world_model.encode(frames[:batch]), twin.encode(frames[:batch]),
+                                       atol=1e-5, rtol=1e-5)
+        z0 = twin.encode(frames[:1])
+        torch.testing.assert_close(world_model.rollout(z0, None, actions), twin.rollout(z0, None, actions),
+                                   atol=1e-5, rtol=1e-5)
+    assert world_model.latent_encoder._compiled_embed is not None
+    assert world_model.dynamics._compiled_rollout is not None
+
+
 @pytest.mark.parametrize("has_bf16_units", [False, True])
 def test_bf16_decoding_warns_on_cpus_without_bf16_matrix_instructions(has_bf16_units: bool, monkeypatch,
                                                                       caplog) -> None:
@@ -93,18 +137,17 @@ def test_bf16_decoding_is_close_and_returns_the_input_dtype() -> None:
 def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
     from types import SimpleNamespace
 
-    from jepa_world.evaluation import configure_rollout
 
     dynamics = small_dynamics()
-    world_model = SimpleNamespace(predictor=dynamics.predictor)  # configure_rollout touches only the predictor
+    world_model = SimpleNamespace(predictor=dynamics.predictor)  # without compiling it touches only the predictor
     z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)
     with pytest.raises(ValueError, match=r"rollout_precision='fp16'; expected one of \['fp32', 'bf16'\]"):
-        configure_rollout(world_model, "fp16")
+        configure_speed(world_model, "fp16")
     with torch.no_grad():
         full = dynamics.rollout(z0, state0, actions)
-        configure_rollout(world_model, "fp32")
+        configure_speed(world_model, "fp32")
         assert torch.equal(dynamics.rollout(z0, state0, actions), full)  # the default changes nothing
-        configure_rollout(world_model, "bf16")
+        configure_speed(world_model, "bf16")
         assert not torch.equal(dynamics.rollout(z0, state0, actions), full)
 
 
