@@ -98,7 +98,8 @@ def rotate_pairs(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, tables: RopeTables) -> Tensor:
-    """Rotate queries or keys. x: (B, H, N, head_dim); tables follow x's dtype (bf16/fp16 runs)."""
+    """Rotate queries or keys. x: (..., B, H, N, head_dim), e.g. queries and keys stacked as (2, B, H, N, head_dim);
+    tables follow x's dtype (bf16/fp16 runs)."""
     return x * tables.cos.to(x.dtype) + rotate_pairs(x) * tables.sin.to(x.dtype)
 
 
