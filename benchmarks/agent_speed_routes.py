@@ -21,7 +21,6 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
 from planning import planner_config  # noqa: E402  (sibling benchmark script)
 
 import envs  # noqa: E402
@@ -42,12 +41,10 @@ ROUTES = {  # name: (rollout path, torch threads)
 
 def build_agent(model: str, path: str, goal: np.ndarray, low: np.ndarray, high: np.ndarray) -> MPCAgent:
     wm = ev.load_world_model(model, "reach")
-    if path == "compile_rollout":
+    if path == "compile_rollout":  # the rollout alone, for comparison; not a plan.py option
         wm.dynamics.compile_rollout()
-    elif path == "compile":
-        wm.compile_for_planning()
-    elif path == "bf16":
-        wm.predictor.autocast_decoding(torch.bfloat16)
+    else:  # what plan.py's rollout_precision= and compile= do
+        ev.configure_speed(wm, "bf16" if path == "bf16" else "fp32", compile_planning=path == "compile")
     agent = MPCAgent(wm, make_planner("cem", **planner_config("cem_fast", {})), horizon=1, action_low=low,
                      action_high=high)
     agent.reset(goal)

@@ -137,7 +137,6 @@ def test_bf16_decoding_is_close_and_returns_the_input_dtype() -> None:
 def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
     from types import SimpleNamespace
 
-
     dynamics = small_dynamics()
     world_model = SimpleNamespace(predictor=dynamics.predictor)  # without compiling it touches only the predictor
     z0, state0, actions = torch.randn(1, 4, 32), torch.randn(1, 4), torch.randn(3, 2, 3)
