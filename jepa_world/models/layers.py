@@ -26,17 +26,24 @@ SHORT_ATTENTION_KEYS = 64
 SINGLE_QUERY_SUM_KEYS = 8
 
 
-def linear(layer: nn.Linear, x: Tensor) -> Tensor:
-    """``layer(x)``; under torch.compile the bias is added as its own elementwise op.
+def linear(layer: nn.Linear, x: Tensor, outputs: slice | None = None) -> Tensor:
+    """``layer(x)``, or only its output features ``outputs``; under torch.compile the bias is added as its own
+    elementwise op.
 
     Traced as one ``addmm``, a CPU linear first copies the bias into every output row and then accumulates
     the product onto it; inductor unfuses that only on GPUs. A plain matmul plus an add lets inductor fold
     the bias into the elementwise kernel that follows (RoPE, GELU, the residual add): 4-5% of a compiled
     300-sample rollout on this CPU (docs/speed.md). Eager keeps the single ``addmm``."""
-    if layer.bias is None or not torch.compiler.is_compiling():
+    compiling = torch.compiler.is_compiling()
+    if outputs is None and (layer.bias is None or not compiling):
         return layer(x)
-    out = F.linear(x, layer.weight)
-    return out + layer.bias.to(out.dtype)  # under autocast the product is bf16: keep it so
+    weight, bias = layer.weight, layer.bias
+    if outputs is not None:
+        weight, bias = weight[outputs], None if bias is None else bias[outputs]
+    if bias is None or not compiling:
+        return F.linear(x, weight, bias)
+    out = F.linear(x, weight)
+    return out + bias.to(out.dtype)  # under autocast the product is bf16: keep it so
 
 
 class Mlp(nn.Module):
@@ -88,6 +95,15 @@ class Attention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (B, H, Nq, hd)
         return linear(self.proj, out.transpose(1, 2).flatten(2))  # (B, Nq, D)
+
+    def attend_self(self, x: Tensor) -> Tensor:
+        """(B, N, D) tokens that each attend to themselves alone -> (B, N, D).
+
+        A single key's softmax weight is exactly 1, so each token reads its own value: the output is the
+        projected value, and queries and keys are never formed (a third of the QKV product, RoPE and the
+        attention call saved; the numbers equal ``attend``'s)."""
+        dim = self.proj.in_features
+        return linear(self.proj, linear(self.qkv, x, outputs=slice(2 * dim, 3 * dim)))
 
     def forward(self, x: Tensor, rope: RopeTables | None = None, attn_mask: Tensor | None = None) -> Tensor:
         q, k, v = self.project_qkv(x, rope)
