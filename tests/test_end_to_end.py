@@ -240,6 +240,22 @@ def test_planning_cost_uses_the_critic_by_default():
     torch.testing.assert_close(critic_only, DEFAULT_CRITIC_WEIGHT * expected, rtol=1e-5, atol=1e-5)
 
 
+def test_latent_term_layer_norms_global_embeddings_unless_turned_off():
+    """The shipped model's reported success rates all used the layer-normed L1 (docs/planning.md)."""
+    wm = global_model().eval()
+    z0, z_goal = torch.randn(1, 1, 16), torch.randn(1, 1, 16) * 3 + 1
+    actions = torch.randn(1, 4, 1, 3) * 0.02
+    pred = wm.rollout(z0.expand(4, -1, -1), None, actions[0])[:, -1]  # (4, 1, 16)
+    def normed(z):
+        return torch.nn.functional.layer_norm(z, (16,))
+    torch.testing.assert_close(build_cost_fn(wm, z0, None, z_goal)(actions)[0],
+                               (normed(pred) - normed(z_goal)).abs().mean((-2, -1)))
+    raw = build_cost_fn(wm, z0, None, z_goal, ObjectiveConfig(layer_norm=False))(actions)[0]
+    torch.testing.assert_close(raw, (pred - z_goal).abs().mean((-2, -1)))
+    with pytest.raises(ValueError, match="objective layer_norm must be true or false, got None"):
+        build_cost_fn(wm, z0, None, z_goal, ObjectiveConfig(layer_norm=None))
+
+
 # --------------------------------------------------------------------------- bad input
 
 
