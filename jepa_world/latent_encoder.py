@@ -163,6 +163,10 @@ class LatentEncoder(nn.Module):
         as one graph; each batch size compiles once (the second one symbolic). The weights stay graph
         inputs, so loading or training new weights needs no recompile.
         """
+        # The ViT's position table for its nominal image, built now: built inside the first traced call, its new
+        # cache entry would fail that graph's guards at the second call and compile the encoder twice.
+        size = self.encoder.cfg.img_size
+        self.encoder.full_grid_positions(self.encoder.grid_shape((1, 3, size, size)), self.pixel_mean.device)
         self._compiled_embed = torch.compile(self.embed)
 
     def token_grid(self, pool: int) -> LatentEncoder:

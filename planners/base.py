@@ -98,6 +98,7 @@ class Planner(abc.ABC):
     """Base class: argument handling, bounds, time budget and best-so-far bookkeeping."""
 
     name = "planner"
+    needs_grad = False  # whether the search differentiates cost_fn (MPCAgent plans in inference mode otherwise)
 
     def __init__(self, config):
         config.validate()

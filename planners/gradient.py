@@ -43,6 +43,7 @@ class GradientConfig:
 
 class GradientPlanner(Planner):
     name = "adam"
+    needs_grad = True
 
     def __init__(self, config: GradientConfig | None = None):
         super().__init__(config or GradientConfig())

@@ -11,6 +11,7 @@ from planners.agent import MPCAgent
 from planners.objectives import ObjectiveConfig, build_cost_fn
 from jepa_world.models.vit import build_encoder
 from jepa_world.dynamics import DynamicsConfig
+from jepa_world.latent_encoder import LatentConfig
 from jepa_world.world_model import WorldModel
 
 SIZE = 16
@@ -107,6 +108,27 @@ def test_agent_with_real_world_model(planner, cfg, context_frames):
     assert all(p.grad is None for p in wm.parameters())
     if planner == "adam":  # gradients flowed through the world model and moved the plan
         assert agent.last_result.mean_costs[0, -1] < agent.last_result.mean_costs[0, 0]
+
+
+def test_sampling_planners_plan_in_inference_mode_and_the_model_still_trains():
+    """The agent runs CEM/MPPI in inference mode; the RoPE tables the ViT and predictor cache meanwhile must
+    still serve a training step (an inference tensor cannot be saved for backward)."""
+    encoder = build_encoder("tiny", img_size=SIZE, patch_size=8, embed_dim=32, depth=1, num_heads=2)
+    wm = WorldModel.create(encoder, action_dim=2, state_dim=2, latent_config=LatentConfig(trainable_encoder=True),
+                           dim=32, depth=1, num_heads=2).eval()
+    agent = MPCAgent(wm, make_planner("cem", samples=16, elites=4, iterations=2), horizon=2, action_low=LOW,
+                     action_high=HIGH)
+    agent.reset(render_point(np.array([0.3, 0.3])))
+    agent.act(point_obs(np.array([0.0, 0.0])))
+    assert agent.last_plan.is_inference() and not torch.is_inference_mode_enabled()
+    wm.train()
+    path = np.stack([render_point(np.array([0.2 * t, 0.0])) for t in range(3)])
+    z = wm.embed(torch.from_numpy(path))[None]  # (1, 3, N, D), graph kept through the ViT
+    actions, states = torch.full((1, 2, 2), 0.2), torch.zeros(1, 2, 2)
+    loss = (wm.predict(z[:, :-1], actions, states) - z[:, 1:].detach()).pow(2).mean()
+    loss.backward()
+    assert wm.encoder.blocks[0].attn.qkv.weight.grad.abs().sum() > 0
+    assert wm.predictor.predictor_blocks[0].attn.qkv.weight.grad.abs().sum() > 0
 
 
 def test_multi_frame_context_feeds_history_and_executed_actions():

@@ -1,6 +1,7 @@
 """The rollout's speed paths compute what the eager path computes (no wall times are asserted)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +14,8 @@ from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
 from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention
 from jepa_world.models.vit import build_encoder
 from jepa_world.world_model import WorldModel
+from planners import make_planner
+from planners.agent import MPCAgent
 
 
 # The compiled-rollout tests share these shapes: a shared two-frame context (the cached prefix runs with a mask) and
@@ -104,6 +107,23 @@ def test_compiled_planning_encodes_and_rolls_out_as_eager() -> None:
                                    atol=1e-5, rtol=1e-5)
     assert world_model.latent_encoder._compiled_embed is not None
     assert world_model.dynamics._compiled_rollout is not None
+
+
+@pytest.mark.slow
+def test_compiled_agent_compiles_its_encoder_and_rollout_once() -> None:
+    """An agent over a compiled world model encodes its goal (one (H, W, 3) image) and each observation with one
+    encoder graph, and plans with one rollout graph: a recompile would add its compile time to every run."""
+    torch._dynamo.reset()  # error_on_recompile counts this test's compiles only
+    world_model = small_world_model("global")
+    configure_speed(world_model, "fp32", compile_planning=True)
+    box = np.ones(3, dtype=np.float32)
+    agent = MPCAgent(world_model, make_planner("cem", samples=4, elites=2, iterations=2), horizon=2,
+                     action_low=-box, action_high=box)
+    rng = np.random.default_rng(0)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        agent.reset(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+        for _ in range(2):
+            assert np.isfinite(agent.act({"pixels": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)})).all()
 
 
 @pytest.mark.parametrize("has_bf16_units", [False, True])

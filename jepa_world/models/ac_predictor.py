@@ -207,16 +207,20 @@ class ACPredictor(nn.Module):
         model's per-step operations."""
         key = (first_step, num_steps, torch.device(device))
         if key not in self._rope_tables:
+            self._rope_tables[key] = self._step_rope_tables(first_step, num_steps, device)
+        return self._rope_tables[key]
+
+    def _step_rope_tables(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables | None:
+        with torch.inference_mode(False):  # built by a planner in inference mode, still usable in training
             positions, axis_mask = self._step_template
             steps = torch.arange(first_step, first_step + num_steps, dtype=torch.float32)
             pos = positions.unsqueeze(0).repeat(num_steps, 1, 1)  # (T, n, 3)
             pos[..., 0] = steps[:, None]
             pos = pos.flatten(0, 1).to(device)
             mask = axis_mask.repeat(num_steps, 1).to(device)
-            identity = not bool(pos.any())
-            self._rope_tables[key] = None if identity else rope_tables(pos, self.head_dim, self.config.rope_layout,
-                                                                       axis_mask=mask)
-        return self._rope_tables[key]
+            if not pos.any():
+                return None
+            return rope_tables(pos, self.head_dim, self.config.rope_layout, axis_mask=mask)
 
     def block_causal_mask(self, num_steps: int, device: torch.device) -> Tensor:
         """(L, L) bool, True where attention is allowed: same or earlier step."""

@@ -197,14 +197,15 @@ class VisionTransformer(nn.Module):
             )
         return frames // tubelet, height // cfg.patch_size, width // cfg.patch_size
 
-    def _full_grid_positions(self, grid: tuple[int, int, int], device: torch.device) -> RopeTables | Tensor:
+    def full_grid_positions(self, grid: tuple[int, int, int], device: torch.device) -> RopeTables | Tensor:
         """RoPE tables or sincos table of the whole grid, cached per (grid, device)."""
         key = (grid, str(device), self.cfg.pos_embed)
         if key not in self._position_cache:
-            if self.cfg.pos_embed == "rope":
-                value = self._rope(grid_positions(*grid, device=device))
-            else:
-                value = sincos_table(grid, self.embed_dim, device=device)
+            with torch.inference_mode(False):  # built by a planner in inference mode, still usable in training
+                if self.cfg.pos_embed == "rope":
+                    value = self._rope(grid_positions(*grid, device=device))
+                else:
+                    value = sincos_table(grid, self.embed_dim, device=device)
             self._position_cache[key] = value
         return self._position_cache[key]
 
@@ -217,7 +218,7 @@ class VisionTransformer(nn.Module):
         if x.dim() == 4:
             x = x.unsqueeze(2).expand(-1, -1, self.patch_embed.tubelet_size, -1, -1)  # image as a static clip
         tokens = self.patch_embed(x)  # (B, N, D)
-        full = self._full_grid_positions(grid, tokens.device)
+        full = self.full_grid_positions(grid, tokens.device)
         rope = None
         if self.cfg.pos_embed == "sincos":
             tokens = tokens + full.to(tokens.dtype)
