@@ -236,16 +236,18 @@ class Dynamics(nn.Module):
             self.predictor.forward_cached(prefix_z, *prefix, cache)
             if cache_batch != samples:
                 cache = cache.expand_batch(samples, cache.capacity)
-        state = None if state0 is None else state0[:, -1].expand(samples, -1)  # (S, Ds)
+        state = None if state0 is None else state0[:, -1]  # (S or 1, Ds)
         z = z0[:, -1:].expand(samples, -1, -1, -1)  # (S, 1, N, D)
         outputs = []
         for step in range(horizon):
             action = actions[:, step : step + 1]  # (S, 1, A)
-            step_state = None if state is None else state.unsqueeze(1)
-            z = self._finish(self.predictor.forward_cached(z, *self.standardize(action, step_state), cache))  # (S,1,N,D)
+            action_in, state_in = self.standardize(action, None if state is None else state.unsqueeze(1))
+            if state_in is not None:  # standardised before the broadcast: a shared state reaches the predictor
+                state_in = state_in.expand(samples, -1, -1)  # as a stride-0 view, which it computes with once
+            z = self._finish(self.predictor.forward_cached(z, action_in, state_in, cache))  # (S, 1, N, D)
             outputs.append(z)
             if state is not None:
-                state = self.next_states(state, action[:, 0])
+                state = self.next_states(state.expand(samples, -1), action[:, 0])
         return torch.cat(outputs, dim=1)
 
     def _rollout_naive(self, z0, state0, actions, context_actions) -> Tensor:

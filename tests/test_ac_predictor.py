@@ -111,6 +111,32 @@ def test_lone_token_step_reads_its_value_without_forming_queries_or_keys():
     assert cached_flops.get_total_flops() - lone_flops.get_total_flops() == saved
 
 
+@torch.no_grad()
+def test_a_broadcast_frame_and_state_are_projected_once_in_the_first_layer():
+    """A rollout's first step from a shared context: the frame and state come broadcast over the samples and
+    only the action token differs, so the first layer projects the shared tokens at batch 1. The predictions
+    must equal those from the same inputs materialised per sample, with that layer's QKV product for the
+    shared tokens (and the state embedding) done once instead of per sample."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = make_predictor()
+    samples, n = 7, model.config.step_tokens
+    z, actions, states = make_inputs(batch=samples, steps=1)
+    z_shared, state_shared = z[:1].expand(samples, -1, -1, -1), states[:1].expand(samples, -1, -1)
+    with FlopCounterMode(display=False) as shared_flops:
+        shared = model.forward_cached(z_shared, actions, state_shared, model.new_cache(samples, 2, z))
+    with FlopCounterMode(display=False) as copied_flops:
+        copied = model.forward_cached(z_shared.contiguous(), actions, state_shared.contiguous(),
+                                      model.new_cache(samples, 2, z))
+    torch.testing.assert_close(shared, copied, rtol=0, atol=1e-6)
+    torch.testing.assert_close(shared, model(z_shared.contiguous(), actions, state_shared.contiguous()),
+                               rtol=0, atol=1e-6)
+    dim = model.config.dim
+    saved_qkv = (samples - 1) * (n - 1) * 2 * dim * 3 * dim  # the first layer's QKV of the n - 1 shared tokens
+    saved_embedding = (samples - 1) * (ENC_DIM * GRID[0] * GRID[1] + STATE_DIM) * 2 * dim  # frame and state
+    assert copied_flops.get_total_flops() - shared_flops.get_total_flops() == saved_qkv + saved_embedding
+
+
 def test_mask_is_sized_by_the_steps_fed():
     model = make_predictor()
     n = model.config.step_tokens

@@ -75,6 +75,26 @@ def test_cached_rollout_equals_naive_recomputation(context, conditioning):
 
 
 @torch.no_grad()
+def test_a_shared_context_frame_and_state_are_computed_with_once_per_rollout():
+    """One context frame and state for all samples reach the predictor broadcast, so its first step embeds
+    them and projects their first-layer tokens once; the same context copied per sample must give the
+    same predictions at more FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    wm = make_world_model()
+    samples = 6
+    g = torch.Generator().manual_seed(3)
+    z0, state0 = wm.encode(frames(1)), torch.randn(1, STATE_DIM, generator=g)
+    actions = torch.randn(samples, 3, ACTION_DIM, generator=g)
+    with FlopCounterMode(display=False) as shared_flops:
+        shared = wm.rollout(z0, state0, actions)
+    with FlopCounterMode(display=False) as copied_flops:
+        copied = wm.rollout(z0.expand(samples, -1, -1).contiguous(), state0.expand(samples, -1).contiguous(), actions)
+    torch.testing.assert_close(shared, copied, rtol=0, atol=1e-5)  # rounding of the smaller products
+    assert shared_flops.get_total_flops() < copied_flops.get_total_flops()
+
+
+@torch.no_grad()
 def test_cpu_rollout_runs_in_cache_sized_chunks_with_unchanged_results():
     wm = make_world_model()
     step_tokens = wm.predictor.config.step_tokens

@@ -337,8 +337,12 @@ class ACPredictor(nn.Module):
                 x = x + block.mlp(block.norm2(x))
             return self.project_frames(x, z)
         last = len(self.predictor_blocks) - 1
+        shared_from = self._first_shared_token(z, states)
         for layer, (block, k_buf, v_buf) in enumerate(zip(self.predictor_blocks, keys, values)):
-            q, k, v = block.attn.project_qkv(block.norm1(x), rope)  # (B, H, n_new, hd)
+            if layer == 0 and shared_from is not None:
+                q, k, v = project_qkv_partly_shared(block, x, rope, shared_from)
+            else:
+                q, k, v = block.attn.project_qkv(block.norm1(x), rope)  # (B, H, n_new, hd)
             k_buf[:, :, start:end] = k
             v_buf[:, :, start:end] = v
             if layer == last:  # only the frame tokens' outputs are read out: the last layer skips the
@@ -348,6 +352,19 @@ class ACPredictor(nn.Module):
             x = x + block.attn.attend(q, k_buf[:, :, :end], v_buf[:, :, :end], mask)
             x = x + block.mlp(block.norm2(x))
         return self.project_frames(x, z)
+
+    def _first_shared_token(self, z: Tensor, states: Tensor | None) -> int | None:
+        """Where one step's input tokens stop differing between samples, or None.
+
+        A rollout's first step from a shared context frame and state gets them broadcast over the batch
+        (stride 0): only the leading action token differs per sample. Until the first attention mixes the
+        tokens, the rest are the same in every sample, so the first layer norms, projects and rotates
+        them once (exact; docs/speed.md, "thirteenth session")."""
+        broadcast = all(t is None or t.stride(0) == 0 for t in (z, states))
+        one_step = z.shape[1] == 1
+        if self.config.conditioning != "tokens" or not one_step or z.shape[0] == 1 or not broadcast:
+            return None
+        return 1  # the action token leads each step
 
     @property
     def decoding_dtype(self) -> torch.dtype | None:
@@ -376,6 +393,18 @@ class ACPredictor(nn.Module):
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def project_qkv_partly_shared(block: Block, x: Tensor, rope: RopeTables | None,
+                              shared_from: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``block.attn.project_qkv(block.norm1(x), rope)`` for (B, n, D) tokens whose tokens from ``shared_from`` on
+    are the same in every sample: those are normed, projected and rotated at batch 1, then broadcast."""
+    def project(rows: Tensor, tokens: slice) -> tuple[Tensor, Tensor, Tensor]:
+        return block.attn.project_qkv(block.norm1(rows), None if rope is None else rope.rows(tokens))
+
+    own = project(x[:, :shared_from], slice(None, shared_from))  # (B, H, shared_from, hd) each
+    common = project(x[:1, shared_from:], slice(shared_from, None))  # (1, H, n - shared_from, hd) each
+    return tuple(torch.cat([mine, same.expand(x.shape[0], -1, -1, -1)], dim=2) for mine, same in zip(own, common))
 
 
 def embed_shared_rows(layer: nn.Linear, x: Tensor) -> Tensor:

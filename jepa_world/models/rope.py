@@ -29,6 +29,10 @@ class RopeTables(NamedTuple):
     cos: Tensor  # (B or 1, 1, N, head_dim)
     sin: Tensor  # (B or 1, 1, N, head_dim)
 
+    def rows(self, tokens: slice) -> RopeTables:
+        """The tables of the tokens ``tokens`` (a slice along N)."""
+        return RopeTables(self.cos[:, :, tokens], self.sin[:, :, tokens])
+
 
 def axis_segment_width(head_dim: int) -> int:
     """Width of each of the three rotated segments (20 for head_dim 64)."""
