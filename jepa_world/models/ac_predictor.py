@@ -360,9 +360,8 @@ class ACPredictor(nn.Module):
         (stride 0): only the leading action token differs per sample. Until the first attention mixes the
         tokens, the rest are the same in every sample, so the first layer norms, projects and rotates
         them once (exact; docs/speed.md, "thirteenth session")."""
-        broadcast = all(t is None or t.stride(0) == 0 for t in (z, states))
-        one_step = z.shape[1] == 1
-        if self.config.conditioning != "tokens" or not one_step or z.shape[0] == 1 or not broadcast:
+        shared = broadcast_over_batch(z) and (states is None or broadcast_over_batch(states))
+        if self.config.conditioning != "tokens" or z.shape[1] != 1 or not shared:
             return None
         return 1  # the action token leads each step
 
@@ -412,9 +411,14 @@ def embed_shared_rows(layer: nn.Linear, x: Tensor) -> Tensor:
 
     A rollout's shared context frame and state reach the predictor as ``expand(S, ...)`` views; a
     Linear on such a view runs S identical products (a bmm over a broadcast weight)."""
-    if x.shape[0] > 1 and x.stride(0) == 0:
+    if broadcast_over_batch(x):
         return linear(layer, x[:1]).expand(x.shape[0], *([-1] * (x.dim() - 1)))
     return linear(layer, x)
+
+
+def broadcast_over_batch(x: Tensor) -> bool:
+    """Whether ``x`` is one sample viewed as many (an ``expand`` of batch 1: stride 0 along the batch)."""
+    return x.shape[0] > 1 and x.stride(0) == 0
 
 
 def strip_prefixes(state_dict: Mapping[str, Tensor], prefixes: tuple[str, ...] = OFFICIAL_KEY_PREFIXES) -> dict[str, Tensor]:
