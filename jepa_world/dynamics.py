@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from jepa_world.frozen_compile import FrozenWeightsCompile
 from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
 
 STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
@@ -30,6 +31,11 @@ STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
 # (1024 x 768 floats) in cache; 1.27x per rollout at 300 samples x 18 tokens against one chunk
 # (docs/speed.md, "Rollout routes"), no change for models whose whole batch is smaller.
 CPU_CHUNK_TOKENS = 1024
+# Rows x width of a chunk's products from which the compiled CPU rollout folds the weights into its graph
+# (FrozenWeightsCompile: oneDNN's products, about 10% faster per FLOP on an AMD EPYC but about 10 us slower per
+# call). The shipped 128-wide predictor: 0.79x at 64 rows, 1.02x at 256, 1.15x at 1024; issue #14's 192-wide one
+# 1.07x at 36 rows, 1.16x at 1008 (docs/speed.md, "fourteenth session").
+FOLD_WEIGHTS_MIN_ROWS_X_WIDTH = 256 * 128
 
 
 @dataclass
@@ -66,7 +72,8 @@ class Dynamics(nn.Module):
         self.predictor = predictor
         self.config = config or DynamicsConfig()
         self.normalize_outputs = normalize_outputs
-        self._compiled_rollout: Callable[..., Tensor] | None = None  # set by compile_rollout
+        self._compiled_rollout: Callable[..., Tensor] | None = None  # these two set by compile_rollout
+        self._folded_rollout: FrozenWeightsCompile | None = None
         c, pc = self.config, predictor.config
         if c.integrated_state_dims and c.state_update == "integrate":
             if len(c.integrated_state_dims) > pc.action_dim:
@@ -173,15 +180,15 @@ class Dynamics(nn.Module):
         path the training loss differentiates through; tests hold the two equal).
         """
         z0, state0 = self._check_rollout(z0, state0, actions, context_actions)
-        if not use_kv_cache:
-            run = self._rollout_naive
-        elif self._compiled_rollout is not None:
-            self._build_rope_tables(z0.shape[1], actions.shape[1], actions.device)
-            run = self._compiled_rollout
-        else:
-            run = self._cached_rollout
         chunk = self.rollout_chunk_for(actions.device, use_kv_cache)
         samples = actions.shape[0]
+        if not use_kv_cache:
+            run = self._rollout_naive
+        elif self._compiled_rollout is None:
+            run = self._cached_rollout
+        else:
+            self._build_rope_tables(z0.shape[1], actions.shape[1], actions.device)
+            run = self._compiled_for(min(samples, chunk or samples), actions.device)
         if chunk and samples > chunk:
             pieces = []
             for start in range(0, samples, chunk):
@@ -196,13 +203,23 @@ class Dynamics(nn.Module):
         The graph holds a chunk's whole rollout (every horizon step and layer, the cache writes, the
         glue between steps), so the eager glue and dynamo's guards run once per chunk, not once per step:
         1.04-1.07x the cached step compiled alone at 300 samples x 18 tokens, horizon 2, and 1.07x per
-        action for the shipped reach model (docs/speed.md, "seventh session"); exact to 3e-6 against
-        eager. Each (horizon, context length) compiles once, the sample count becoming symbolic at its
-        second value (automatic dynamic shapes); the first call compiles (about 40 s at that
-        configuration, 4 s for the shipped model). The weights stay graph inputs: loading or training
-        new weights needs no recompile.
+        action for the shipped reach model (docs/speed.md, "seventh session"). Exact to 4e-6 against eager.
+
+        On CPU, chunks with products of at least ``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH`` run a second graph, with the
+        weights folded in (``FrozenWeightsCompile``): 1.09x (one thread) to 1.16x (two) at that configuration
+        ("fourteenth session"); it compiles again after the weights change (training, loading). The other
+        graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
+        first call compiles (about 30 s at that configuration, 4 s for the shipped model).
         """
         self._compiled_rollout = torch.compile(self._cached_rollout)
+        self._folded_rollout = FrozenWeightsCompile(self._cached_rollout, self, dynamic_batch=(0, 1, 2, 3))
+
+    def _compiled_for(self, chunk_samples: int, device: torch.device) -> Callable[..., Tensor]:
+        """The compiled rollout for chunks of ``chunk_samples``: on CPU with large enough products, the weights folded in."""
+        rows = chunk_samples * self.predictor.config.step_tokens
+        if device.type == "cpu" and rows * self.predictor.config.dim >= FOLD_WEIGHTS_MIN_ROWS_X_WIDTH:
+            return self._folded_rollout
+        return self._compiled_rollout
 
     def _build_rope_tables(self, context: int, horizon: int, device: torch.device) -> None:
         """Build, outside the compiled graph, the predictor's RoPE tables that ``_cached_rollout``'s steps read:

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
+from torch._dynamo.utils import counters
 
+from jepa_world import dynamics as dynamics_module
 from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.evaluation import configure_speed
 from jepa_world.latent_encoder import LatentConfig
@@ -29,6 +31,12 @@ def shared_context() -> tuple[Tensor, Tensor, Tensor]:
     return torch.randn(1, CONTEXT, 4, 32), torch.randn(1, CONTEXT, 4), torch.randn(1, CONTEXT - 1, 3)
 
 
+def fold_from(min_rows_x_width: int | None, monkeypatch) -> None:
+    """Set the product size from which compiled CPU rollouts fold the weights in (None: the library's)."""
+    if min_rows_x_width is not None:
+        monkeypatch.setattr(dynamics_module, "FOLD_WEIGHTS_MIN_ROWS_X_WIDTH", min_rows_x_width)
+
+
 def small_dynamics() -> Dynamics:
     torch.manual_seed(0)
     predictor = ACPredictor(ACPredictorConfig(encoder_dim=32, action_dim=3, state_dim=4, grid_hw=(2, 2), dim=32,
@@ -37,7 +45,10 @@ def small_dynamics() -> Dynamics:
 
 
 @pytest.mark.slow
-def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> None:
+@pytest.mark.parametrize("folds_weights", [False, True])
+def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons(folds_weights: bool, monkeypatch) -> None:
+    """Both compiled graphs: the weights as inputs, and folded in (what CPU chunks of large products run)."""
+    fold_from(0 if folds_weights else None, monkeypatch)
     dynamics = small_dynamics()
     dynamics.config.rollout_chunk = CHUNK
     z0, state0, context_actions = shared_context()
@@ -53,21 +64,52 @@ def test_compiled_rollout_matches_eager_rollout_across_chunks_and_horizons() -> 
 
 
 @pytest.mark.slow
-def test_compiled_rollout_follows_new_weights() -> None:
+def test_compiled_rollout_follows_new_weights(monkeypatch) -> None:
+    """The graph that folds the weights in as constants (``FrozenWeightsCompile``; an unfolded one follows them by
+    construction): weights changed in place (an optimiser step, ``load_state_dict``) or a replaced parameter must
+    compile afresh, never run the weights folded before."""
+    fold_from(0, monkeypatch)
     dynamics, twin = small_dynamics(), small_dynamics()  # the twin stays eager
     dynamics.config.rollout_chunk = CHUNK
     z0, state0, context_actions = shared_context()
     actions = torch.randn(CHUNK, 3, 3)  # one chunk at horizon 3: the first test's first graph
     dynamics.compile_rollout()
+
+    def scale_in_place(model: Dynamics) -> None:
+        for parameter in model.predictor.parameters():
+            parameter.mul_(1.5)
+
+    def replace_a_weight(model: Dynamics) -> None:
+        fc1 = model.predictor.predictor_blocks[0].mlp.fc1
+        fc1.weight = nn.Parameter(fc1.weight * -2.0, requires_grad=False)
+
     with torch.no_grad():
         dynamics.rollout(z0, state0, actions, context_actions=context_actions)  # compiled with the first weights
-        for model in (dynamics, twin):
-            for parameter in model.predictor.parameters():
-                parameter.mul_(1.5)
-        compiled = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
-        eager = twin.rollout(z0, state0, actions, context_actions=context_actions)
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+        for change in (scale_in_place, replace_a_weight):
+            for model in (dynamics, twin):
+                change(model)
+            compiled = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
+            eager = twin.rollout(z0, state0, actions, context_actions=context_actions)
+            torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("min_rows_x_width", [None, 0])
+def test_compiled_rollout_packs_folded_weights_for_large_cpu_products_only(min_rows_x_width: int | None,
+                                                                          monkeypatch) -> None:
+    """With products of at least ``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH`` the CPU rollout folds the weights, and inductor
+    packs them once, at compile time (oneDNN's products: the speed it is for); small products keep the weights
+    graph inputs, whose per-call cost is lower. The equality tests pass either way, so they cannot tell."""
+    fold_from(min_rows_x_width, monkeypatch)
+    dynamics = small_dynamics()
+    dynamics.config.rollout_chunk = CHUNK
+    z0, state0, context_actions = shared_context()
+    dynamics.compile_rollout()
+    counters["inductor"].clear()
+    with torch.no_grad():
+        dynamics.rollout(z0, state0, torch.randn(CHUNK, 3, 3), context_actions=context_actions)
+    packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
+    assert packed > 0 if min_rows_x_width == 0 else packed == 0
 
 def small_world_model(latent: str) -> WorldModel:
     """A 16 px, one-block ViT with token latents (pooled 2x2 grid) or a global projected latent, and a predictor."""
