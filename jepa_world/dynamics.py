@@ -27,9 +27,11 @@ from jepa_world.frozen_compile import FrozenWeightsCompile
 from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
 
 STATE_UPDATES: tuple[str, ...] = ("integrate", "hold")
-# Tokens per step in one CPU rollout chunk: 1024 rows keep a 6 x 192 predictor's MLP activations
-# (1024 x 768 floats) in cache; 1.27x per rollout at 300 samples x 18 tokens against one chunk
-# (docs/speed.md, "Rollout routes"), no change for models whose whole batch is smaller.
+# Tokens per step and torch thread in one CPU rollout chunk: 1024 rows keep a 6 x 192 predictor's MLP activations
+# (1024 x 768 floats) in a core's cache; 1.27x per rollout at 300 samples x 18 tokens against one chunk
+# (docs/speed.md, "Rollout routes"), no change for models whose whole batch is smaller. Per thread: with
+# the weights folded in, two threads ran 1024-token chunks 1.05x slower than 2048-token ones, one thread
+# 1.09x faster than 5400-token ones ("fourteenth session").
 CPU_CHUNK_TOKENS = 1024
 # Rows x width of a chunk's products from which the compiled CPU rollout folds the weights into its graph
 # (FrozenWeightsCompile: oneDNN's products, about 10% faster per FLOP on an AMD EPYC but about 10 us slower per
@@ -231,13 +233,13 @@ class Dynamics(nn.Module):
 
     def rollout_chunk_for(self, device: torch.device, use_kv_cache: bool) -> int:
         """Samples per rollout chunk (0: all at once): ``config.rollout_chunk`` when set; otherwise, for the
-        planner's cached fp32 rollout on CPU, about ``CPU_CHUNK_TOKENS`` tokens per step, so that a block's
-        MLP activations stay in cache. Exact: samples never interact. Under bf16 autocast the AMX matmuls
+        planner's cached fp32 rollout on CPU, about ``CPU_CHUNK_TOKENS`` tokens per step and thread, so that a
+        block's MLP activations stay in cache. Exact: samples never interact. Under bf16 autocast the AMX matmuls
         gain more from one large batch than the activations from cache (measured 0.9x chunked)."""
         full_precision = self.predictor.decoding_dtype is None
         if self.config.rollout_chunk or not use_kv_cache or device.type != "cpu" or not full_precision:
             return self.config.rollout_chunk
-        return max(1, CPU_CHUNK_TOKENS // self.predictor.config.step_tokens)
+        return max(1, CPU_CHUNK_TOKENS * torch.get_num_threads() // self.predictor.config.step_tokens)
 
     def _cached_rollout(self, z0, state0, actions, context_actions) -> Tensor:
         samples, horizon = actions.shape[:2]

@@ -95,10 +95,13 @@ def test_a_shared_context_frame_and_state_are_computed_with_once_per_rollout():
 
 
 @torch.no_grad()
-def test_cpu_rollout_runs_in_cache_sized_chunks_with_unchanged_results():
+def test_cpu_rollout_runs_in_cache_sized_chunks_with_unchanged_results(set_torch_threads):
     wm = make_world_model()
     step_tokens = wm.predictor.config.step_tokens
     cpu = torch.device("cpu")
+    set_torch_threads(2)
+    assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=True) == 2 * CPU_CHUNK_TOKENS // step_tokens  # per thread
+    set_torch_threads(1)
     assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=True) == CPU_CHUNK_TOKENS // step_tokens
     assert wm.dynamics.rollout_chunk_for(cpu, use_kv_cache=False) == 0  # the training path keeps its batch
     samples = CPU_CHUNK_TOKENS // step_tokens + 3  # one full chunk and a short one
