@@ -4,7 +4,8 @@
 
 The 6 x 192 V-JEPA 2-AC-layout predictor (16 frame tokens + action and state tokens per step), 300
 samples, horizon 2, one context frame, ``Dynamics.compile_rollout()``. Every matrix product inductor hands to
-the BLAS (``extern_kernels.mm``/``bmm``, a private torch API) is timed on its own, and so is every fused
+the BLAS (``extern_kernels.mm``/``bmm``, a private torch API; with the weights folded in, the linears are
+oneDNN's and MKL's packed ops) is timed on its own, and so is every fused
 elementwise kernel inductor generated (the ``cpp_fused_*`` functions of its output modules, also private):
 layer norms, RoPE and the cache writes, softmax, bias + GELU, residual adds. What is left of the rollout's
 wall time is Python: the rollout's eager code, dynamo's guards, the launcher. Each rollout alternates with
@@ -64,11 +65,28 @@ class ProductTimer:
         for name in ("mm", "bmm"):
             setattr(extern_kernels, name, timed(getattr(extern_kernels, name), self._record_product(name), lambda: self.on))
 
-    def time_attention(self) -> None:
-        """Wrap the flash kernel too; only after compiling, since dynamo cannot trace through the wrapper (the
-        generated code looks the op up at call time)."""
+    def time_ops(self) -> None:
+        """Wrap the flash kernel and the packed linears of a graph with folded weights too; only after compiling,
+        since dynamo cannot trace through the wrappers (the generated code looks the ops up at call time)."""
         flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
         flash.default = timed(flash.default, self._record_attention, lambda: self.on)
+        for name, packet in (("oneDNN linear", torch.ops.mkldnn._linear_pointwise),
+                             ("MKL packed linear", torch.ops.mkl._mkl_linear)):
+            packet.default = self._timed_linear(name, packet.default)
+
+    def _timed_linear(self, name: str, op):
+        """``op`` timed while ``on``, its FLOPs from its input (M, K) and output (M, N): a packed weight's
+        shape is its storage layout's, not (N, K)."""
+        def run(x, *args):
+            if not self.on:
+                return op(x, *args)
+            start = time.perf_counter()
+            out = op(x, *args)
+            total = self.totals[(name, tuple(x.shape), tuple(out.shape))]
+            total[0] += time.perf_counter() - start
+            total[1] += 2 * x.shape[0] * x.shape[1] * out.shape[-1]
+            return out
+        return run
 
     def _record_product(self, name):
         def record(seconds, a, b):
@@ -128,7 +146,7 @@ def main() -> None:
         for _ in range(3):
             dynamics.rollout(z0, state0, actions)
         kernels = FusedKernelTimer()
-        timer.time_attention()
+        timer.time_ops()
         peaks, rollout_s = [], 0.0
         for _ in range(args.rollouts):
             start = time.perf_counter()
@@ -152,7 +170,8 @@ def main() -> None:
     kernel_s = sum(s for s, _ in kernels.totals.values())
     print(f"inductor's fused kernels {100 * kernel_s / rollout_s:.0f}% of its time; the rest, Python (eager code, guards, launcher), "
           f"{100 * (1 - (product_s + kernel_s) / rollout_s):.0f}%")
-    print("| product | shapes | % of rollout time | GFLOP/s | % of probe |\n|---|---|---|---|---|")
+    print("| product | shapes (operands; linears: input and output) | % of rollout time | GFLOP/s | % of probe |\n"
+          "|---|---|---|---|---|")
     for (name, a_shape, b_shape), (seconds, flops) in sorted(timer.totals.items(), key=lambda kv: -kv[1][0])[:10]:
         print(f"| {name} | {a_shape} x {b_shape} | {100 * seconds / rollout_s:.1f}% | {flops / seconds / 1e9:.0f} | "
               f"{100 * flops / seconds / 1e9 / peak:.0f}% |")
