@@ -217,7 +217,8 @@ class Dynamics(nn.Module):
         self._folded_rollout = FrozenWeightsCompile(self._cached_rollout, self, dynamic_batch=(0, 1, 2, 3))
 
     def _compiled_for(self, chunk_samples: int, device: torch.device) -> Callable[..., Tensor]:
-        """The compiled rollout for chunks of ``chunk_samples``: on CPU with large enough products, the weights folded in."""
+        """The compiled rollout for chunks of ``chunk_samples``: with the weights folded in on CPU when the
+        products are large enough (``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH``), with them as graph inputs otherwise."""
         rows = chunk_samples * self.predictor.config.step_tokens
         if device.type == "cpu" and rows * self.predictor.config.dim >= FOLD_WEIGHTS_MIN_ROWS_X_WIDTH:
             return self._folded_rollout

@@ -111,6 +111,7 @@ def test_compiled_rollout_packs_folded_weights_for_large_cpu_products_only(min_r
     packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
     assert packed > 0 if min_rows_x_width == 0 else packed == 0
 
+
 def small_world_model(latent: str) -> WorldModel:
     """A 16 px, one-block ViT with token latents (pooled 2x2 grid) or a global projected latent, and a predictor."""
     torch.manual_seed(0)
