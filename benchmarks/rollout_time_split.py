@@ -11,6 +11,10 @@ layer norms, RoPE and the cache writes, softmax, bias + GELU, residual adds. Wha
 wall time is Python: the rollout's eager code, dynamo's guards, the launcher. Each rollout alternates with
 a 2048^2 fp32 product, so the peak is measured under the same load.
 
+The kernels can only be timed from Python, so the split runs the folded graph with inductor's Python
+launcher; the library's launcher is C++ (``FrozenWeightsCompile.inductor_settings``). A twin with the
+library's launcher is timed in the same rounds, and the Python launcher's cost is printed beside.
+
 Why not torch.profiler: its own allocations make glibc shrink and regrow the heap, so the 3 MB MLP
 hidden buffer is page-faulted inside the first MLP product: under the profiler that product ran at
 110-130 GFLOP/s, 190 without it (docs/speed.md, "2026-12-06, third session").
@@ -23,6 +27,8 @@ import re
 import statistics
 import time
 
+import copy
+
 import torch
 from torch._inductor.codecache import PyCodeCache
 from torch._inductor.select_algorithm import extern_kernels
@@ -30,6 +36,8 @@ from torch._inductor.select_algorithm import extern_kernels
 from compare_anchors import (  # noqa: E402  (sibling benchmark script)
     OFFICIAL_ACTION_DIM, OFFICIAL_GRID, PEAK_SIZE, WIDTH, official_dynamics, official_layout_predictor)
 from planning import count_flops  # noqa: E402  (sibling benchmark script)
+
+from jepa_world.frozen_compile import FrozenWeightsCompile
 
 
 SAMPLES, HORIZON = 300, 2
@@ -137,17 +145,21 @@ def main() -> None:
     torch.manual_seed(0)
     predictor = official_layout_predictor().eval().requires_grad_(False)
     dynamics = official_dynamics(predictor)
+    library = copy.deepcopy(dynamics)  # the same weights, the library's C++ launcher
     z0, state0 = torch.randn(1, 1, OFFICIAL_GRID**2, WIDTH), torch.randn(1, 1, OFFICIAL_ACTION_DIM)
     actions = torch.randn(SAMPLES, HORIZON, OFFICIAL_ACTION_DIM) * 0.05
     a, b = torch.randn(PEAK_SIZE, PEAK_SIZE), torch.randn(PEAK_SIZE, PEAK_SIZE)
     with torch.no_grad():
         flop = count_flops(lambda: dynamics.rollout(z0, state0, actions))
         dynamics.compile_rollout()
+        dynamics._folded_rollout.inductor_settings = {**FrozenWeightsCompile.inductor_settings, "cpp_wrapper": False}
+        library.compile_rollout()
         for _ in range(3):
             dynamics.rollout(z0, state0, actions)
+            library.rollout(z0, state0, actions)
         kernels = FusedKernelTimer()
         timer.time_ops()
-        peaks, rollout_s = [], 0.0
+        peaks, rollout_s, library_s = [], 0.0, 0.0
         for _ in range(args.rollouts):
             start = time.perf_counter()
             a @ b
@@ -157,10 +169,14 @@ def main() -> None:
             dynamics.rollout(z0, state0, actions)
             rollout_s += time.perf_counter() - start
             timer.on = kernels.on = False
+            start = time.perf_counter()
+            library.rollout(z0, state0, actions)
+            library_s += time.perf_counter() - start
     peak = statistics.median(peaks)
     product_s = sum(s for s, _ in timer.totals.values())
     product_flop = sum(f for _, f in timer.totals.values())
     rate = args.rollouts * flop / rollout_s / 1e9
+    library_rate = args.rollouts * flop / library_s / 1e9
     print(f"{args.threads} thread(s), {args.rollouts} rollouts of {SAMPLES} samples x horizon {HORIZON}; "
           f"peak probe (2048^2 fp32, wall) {peak:.0f} GFLOP/s")
     print(f"rollout: {1e3 * rollout_s / args.rollouts:.0f} ms, {rate:.0f} GFLOP/s = {100 * rate / peak:.0f}% of the probe; "
@@ -168,6 +184,9 @@ def main() -> None:
           f"GFLOP/s ({100 * product_flop / product_s / 1e9 / peak:.0f}% of the probe), "
           f"{100 * product_flop / (args.rollouts * flop):.0f}% of its FLOPs")
     kernel_s = sum(s for s, _ in kernels.totals.values())
+    print(f"the library's rollout (C++ launcher): {1e3 * library_s / args.rollouts:.0f} ms, "
+          f"{100 * library_rate / peak:.0f}% of the probe; the timed one with the Python launcher takes "
+          f"{rollout_s / library_s:.3f}x its time")
     print(f"inductor's fused kernels {100 * kernel_s / rollout_s:.0f}% of its time; the rest, Python (eager code, guards, launcher), "
           f"{100 * (1 - (product_s + kernel_s) / rollout_s):.0f}%")
     print("| product | shapes (operands; linears: input and output) | % of rollout time | GFLOP/s | % of probe |\n"

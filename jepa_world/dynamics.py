@@ -209,9 +209,10 @@ class Dynamics(nn.Module):
 
         On CPU, chunks with products of at least ``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH`` run a second graph, with the
         weights folded in (``FrozenWeightsCompile``): 1.09x (one thread) to 1.16x (two) at that configuration
-        ("fourteenth session"); it compiles again after the weights change (training, loading). The other
+        ("fourteenth session"), and 1.03x more with each MLP's bias and GELU inside oneDNN's product and a C++
+        launcher ("fifteenth session"); it compiles again after the weights change (training, loading). The other
         graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
-        first call compiles (about 30 s at that configuration, 4 s for the shipped model).
+        first call compiles (about 40 s at that configuration, 4 s for the shipped model).
         """
         self._compiled_rollout = torch.compile(self._cached_rollout)
         self._folded_rollout = FrozenWeightsCompile(self._cached_rollout, self, dynamic_batch=(0, 1, 2, 3))

@@ -9,6 +9,11 @@ fp32 linear's weight once, at compile time, instead of handing the plain weight 
 batch symbolic it packs for oneDNN's product (MKL's packed form needs a fixed batch). On issue #14's
 300-sample rollout on an AMD EPYC this runs 1.09x faster on one thread and 1.16x on two, exact to 4e-6
 against eager (docs/speed.md, "fourteenth session").
+
+Code traced into the folded graph can ask ``weights_folded()``: inductor fuses a packed product's bias and a
+following GELU into oneDNN's call only when the bias stays in the ``linear`` (``layers.Mlp``). The graph's
+launcher is C++ (inductor's ``cpp_wrapper``), not Python: 1.015-1.033x on two threads and 1.025x on one at
+issue #14's configuration, for about 12 s more compile ("fifteenth session").
 """
 from __future__ import annotations
 
@@ -18,6 +23,14 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch._inductor import config as inductor_config
+
+_folding = False  # True while a FrozenWeightsCompile graph is traced or run; dynamo guards on it
+
+
+def weights_folded() -> bool:
+    """Whether the code calling this is being traced into (or run by) a graph with folded weights. Dynamo
+    reads it as a constant and guards on it, so each graph keeps the choice it was traced with."""
+    return _folding
 
 
 class FrozenWeightsCompile:
@@ -29,6 +42,9 @@ class FrozenWeightsCompile:
     weight's identity and version counter with those compiled in, and on any change compiles a fresh copy
     of ``method``. With grad enabled inductor folds nothing, and the weights stay graph inputs.
     """
+
+    # inductor's settings while compiling and running; ``cpp_wrapper`` launches the kernels from C++
+    inductor_settings = {"freezing": True, "cpp_wrapper": True}
 
     def __init__(self, method: types.MethodType, module: nn.Module, dynamic_batch: tuple[int, ...]):
         self.method = method
@@ -52,8 +68,13 @@ class FrozenWeightsCompile:
         for index in self.dynamic_batch:
             if args[index] is not None:
                 torch._dynamo.maybe_mark_dynamic(args[index], 0)
-        with inductor_config.patch(freezing=True):
-            return self._compiled(*args)
+        global _folding
+        _folding = True
+        try:
+            with inductor_config.patch(self.inductor_settings):
+                return self._compiled(*args)
+        finally:
+            _folding = False
 
     def _weight_versions(self) -> tuple[int, ...]:
         return tuple(tensor._version for _, _, tensor in self._weights)

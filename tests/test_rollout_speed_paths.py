@@ -98,8 +98,9 @@ def test_compiled_rollout_follows_new_weights(monkeypatch) -> None:
 def test_compiled_rollout_packs_folded_weights_for_large_cpu_products_only(min_rows_x_width: int | None,
                                                                           monkeypatch) -> None:
     """With products of at least ``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH`` the CPU rollout folds the weights, and inductor
-    packs them once, at compile time (oneDNN's products: the speed it is for); small products keep the weights
-    graph inputs, whose per-call cost is lower. The equality tests pass either way, so they cannot tell."""
+    packs them once, at compile time (oneDNN's products: the speed it is for), with each MLP's bias and GELU fused
+    into its first product (``weights_folded``); small products keep the weights graph inputs, whose per-call cost
+    is lower. The equality tests pass either way, so they cannot tell."""
     fold_from(min_rows_x_width, monkeypatch)
     dynamics = small_dynamics()
     dynamics.config.rollout_chunk = CHUNK
@@ -109,7 +110,11 @@ def test_compiled_rollout_packs_folded_weights_for_large_cpu_products_only(min_r
     with torch.no_grad():
         dynamics.rollout(z0, state0, torch.randn(CHUNK, 3, 3), context_actions=context_actions)
     packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
-    assert packed > 0 if min_rows_x_width == 0 else packed == 0
+    gelu_fused = counters["inductor"]["mkldnn_unary_fusion_matcher_count"]
+    if min_rows_x_width == 0:
+        assert packed > 0 and gelu_fused >= dynamics.predictor.config.depth
+    else:
+        assert packed == gelu_fused == 0
 
 
 def small_world_model(latent: str) -> WorldModel:

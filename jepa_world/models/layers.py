@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from jepa_world.frozen_compile import weights_folded
 from jepa_world.models.rope import RopeTables, apply_rope
 
 LAYER_NORM_EPS = 1e-6
@@ -26,21 +27,23 @@ SHORT_ATTENTION_KEYS = 64
 SINGLE_QUERY_SUM_KEYS = 8
 
 
-def linear(layer: nn.Linear, x: Tensor, outputs: slice | None = None) -> Tensor:
+def linear(layer: nn.Linear, x: Tensor, outputs: slice | None = None,
+           bias_in_folded_product: bool = False) -> Tensor:
     """``layer(x)``, or only its output features ``outputs``; under torch.compile the bias is added as its own
-    elementwise op.
+    elementwise op, except with ``bias_in_folded_product`` in a graph with folded weights.
 
     Traced as one ``addmm``, a CPU linear first copies the bias into every output row and then accumulates
     the product onto it; inductor unfuses that only on GPUs. A plain matmul plus an add lets inductor fold
     the bias into the elementwise kernel that follows (RoPE, GELU, the residual add): 4-5% of a compiled
-    300-sample rollout on this CPU (docs/speed.md). Eager keeps the single ``addmm``."""
-    compiling = torch.compiler.is_compiling()
-    if outputs is None and (layer.bias is None or not compiling):
+    300-sample rollout on this CPU (docs/speed.md). Eager keeps the single ``addmm``. With folded weights
+    (``weights_folded``) oneDNN's packed product takes the bias, and a GELU after it, as post-ops."""
+    split_bias = torch.compiler.is_compiling() and not (bias_in_folded_product and weights_folded())
+    if outputs is None and (layer.bias is None or not split_bias):
         return layer(x)
     weight, bias = layer.weight, layer.bias
     if outputs is not None:
         weight, bias = weight[outputs], None if bias is None else bias[outputs]
-    if bias is None or not compiling:
+    if bias is None or not split_bias:
         return F.linear(x, weight, bias)
     out = F.linear(x, weight)
     return out + bias.to(out.dtype)  # under autocast the product is bf16: keep it so
@@ -54,7 +57,8 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return linear(self.fc2, self.act(linear(self.fc1, x)))
+        # folded, fc1's bias and exact GELU run inside oneDNN's product: 1.011-1.020x per rollout (docs/speed.md)
+        return linear(self.fc2, self.act(linear(self.fc1, x, bias_in_folded_product=True)))
 
 
 class Attention(nn.Module):
