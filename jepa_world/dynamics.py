@@ -182,6 +182,13 @@ class Dynamics(nn.Module):
         path the training loss differentiates through; tests hold the two equal).
         """
         z0, state0 = self._check_rollout(z0, state0, actions, context_actions)
+        if use_kv_cache and torch.is_grad_enabled():
+            inputs = {"z0": z0, "state0": state0, "actions": actions, "context_actions": context_actions}
+            needing_grad = [name for name, tensor in inputs.items() if tensor is not None and tensor.requires_grad]
+            if needing_grad:
+                # the cache is filled in place, so backward would fail later with autograd's version error
+                raise ValueError(f"the KV-cached rollout cannot be differentiated ({', '.join(needing_grad)} "
+                                 "requires grad): pass use_kv_cache=False, the path gradients flow through")
         chunk = self.rollout_chunk_for(actions.device, use_kv_cache)
         samples = actions.shape[0]
         if not use_kv_cache:

@@ -28,8 +28,9 @@ _folding = False  # True while a FrozenWeightsCompile graph is traced or run; dy
 
 
 def weights_folded() -> bool:
-    """Whether the code calling this is being traced into (or run by) a graph with folded weights. Dynamo
-    reads it as a constant and guards on it, so each graph keeps the choice it was traced with."""
+    """Whether the code calling this is traced into (or run by) a ``FrozenWeightsCompile`` graph, whose weights
+    are folded in when grad is off. Dynamo reads it as a constant and guards on it, so each graph keeps the
+    choice it was traced with."""
     return _folding
 
 

@@ -203,6 +203,11 @@ def test_bad_rollout_and_encode_inputs():
         wm.rollout(torch.randn(1, 2, 4, 96), torch.zeros(1, 2, STATE_DIM), torch.zeros(4, 2, ACTION_DIM))
     with pytest.raises(ValueError, match="z0 batch 2"):
         wm.rollout(torch.randn(2, 4, 96), torch.zeros(1, STATE_DIM), torch.zeros(4, 2, ACTION_DIM))
+    differentiable = torch.zeros(4, 2, ACTION_DIM, requires_grad=True)
+    with pytest.raises(ValueError, match=r"cannot be differentiated \(actions requires grad\).*use_kv_cache=False"):
+        wm.rollout(z0, torch.zeros(1, STATE_DIM), differentiable)  # before any in-place cache write
+    wm.rollout(z0, torch.zeros(1, STATE_DIM), differentiable, use_kv_cache=False).sum().backward()
+    assert differentiable.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="predictor expects 4"):
         wm.encode(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     with pytest.raises(ValueError, match="uint8 or float"):
