@@ -23,11 +23,10 @@ from __future__ import annotations
 
 import argparse
 import collections
+import copy
 import re
 import statistics
 import time
-
-import copy
 
 import torch
 from torch._inductor.codecache import PyCodeCache

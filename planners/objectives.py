@@ -252,8 +252,8 @@ def build_cost_fn(
         _, S, H, A = actions.shape
         kwargs = {}
         if actions.requires_grad and torch.is_grad_enabled():
-            # The KV cache is filled in place, which autograd cannot differentiate through; the
-            # gradient planner uses the full re-run path instead.
+            # Dynamics.rollout refuses to differentiate the KV-cached path (its cache is written in
+            # place): the gradient planner takes the full re-run path.
             kwargs["use_kv_cache"] = False
         pred = context_rollout(world_model, context_for(S), actions.reshape(E * S, H, A), **kwargs)  # (E*S, H, N, D)
         if latent_offset is None:
