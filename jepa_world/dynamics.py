@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from jepa_world.compile_cache import compile_keyed_to_isa
 from jepa_world.frozen_compile import FrozenWeightsCompile
 from jepa_world.models.ac_predictor import ACPredictor, layer_norm_tokens
 
@@ -221,7 +222,7 @@ class Dynamics(nn.Module):
         graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
         first call compiles (about 40 s at that configuration, 4 s for the shipped model).
         """
-        self._compiled_rollout = torch.compile(self._cached_rollout)
+        self._compiled_rollout = compile_keyed_to_isa(self._cached_rollout)
         self._folded_rollout = FrozenWeightsCompile(self._cached_rollout, self, dynamic_batch=(0, 1, 2, 3))
 
     def _compiled_for(self, chunk_samples: int, device: torch.device) -> Callable[..., Tensor]:

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch._inductor import config as inductor_config
 
+from jepa_world.compile_cache import caches_keyed_to_isa
+
 _folding = False  # True while a FrozenWeightsCompile graph is traced or run; dynamo guards on it
 
 
@@ -72,7 +74,7 @@ class FrozenWeightsCompile:
         global _folding
         _folding = True
         try:
-            with inductor_config.patch(self.inductor_settings):
+            with inductor_config.patch(self.inductor_settings), caches_keyed_to_isa():
                 return self._compiled(*args)
         finally:
             _folding = False

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa_world.compile_cache import compile_keyed_to_isa
 from jepa_world.models.ac_predictor import layer_norm_tokens
 from jepa_world.models.projector import Projector
 from jepa_world.model_format import hash_module_weights
@@ -167,7 +168,7 @@ class LatentEncoder(nn.Module):
         # cache entry would fail that graph's guards at the second call and compile the encoder twice.
         size = self.encoder.cfg.img_size
         self.encoder.full_grid_positions(self.encoder.grid_shape((1, 3, size, size)), self.pixel_mean.device)
-        self._compiled_embed = torch.compile(self.embed)
+        self._compiled_embed = compile_keyed_to_isa(self.embed)
 
     def token_grid(self, pool: int) -> LatentEncoder:
         """The same ViT read as its token grid pooled by ``pool`` (no projector): what a state readout

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm.auto import tqdm
 
+from jepa_world.compile_cache import caches_keyed_to_isa
 from jepa_world.masks import MaskCollator, build_mask_generators
 from jepa_world.models.predictor import MaskedPredictor, PredictorConfig
 from jepa_world.models.vit import ViTConfig, VisionTransformer, gather_tokens
@@ -435,69 +436,71 @@ def pretrain(cfg: Mapping[str, Any]) -> PretrainResult:
     end_step = run.stop_at_step or run.max_steps
     progress = tqdm(total=run.max_steps, initial=start_step, disable=not info.is_main, desc="pretrain", dynamic_ncols=True)
     batches = stream.from_step(start_step)
-    try:
-        for step in range(start_step, end_step):
-            batch = next(batches)
-            clips = batch[0].to(info.device, non_blocking=True)
-            masks = [(c.to(info.device, non_blocking=True), t.to(info.device, non_blocking=True)) for c, t in batch[1]]
-            lr, wd = apply_schedule(optimizer, step, optim_cfg, run.max_steps)
-            with autocast:
-                targets = embed_targets(target_forward, clips)
-                if sigreg is None:
-                    loss = train_module(clips, masks, targets)
-                else:
-                    directions = sigreg.sample_directions(enc_cfg.embed_dim, step_generator(run.seed, step)).to(info.device, non_blocking=True)
-                    prediction_loss, sigreg_loss = train_module(clips, masks, targets, directions)
-                    loss = prediction_loss + sigreg_cfg.weight * sigreg_loss
-                    term_sums += torch.stack([prediction_loss.detach(), sigreg_loss.detach()])
-            loss.backward()
-            grad_norm = clip_gradients(params, optim_cfg.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            momentum = ema.update(step)
-            loss_guard.observe(loss, step)
-            if grad_norm is not None:
-                grad_guard.observe(grad_norm, step)
-            loss_sum += loss.detach()
-            interval_steps += 1
-            done = step + 1
-            progress.update(1)
-
-            if done % run.log_every == 0 or done == end_step:
-                loss_guard.check("loss")
-                grad_guard.check("gradient norm")
-                mean_loss = float(all_reduce_mean(loss_sum / interval_steps, info))
-                elapsed = time.perf_counter() - interval_start
-                record = {
-                    "step": done,
-                    "loss": mean_loss,
-                    "lr": lr,
-                    "wd": wd,
-                    "ema_momentum": momentum,
-                    "clips_per_s": interval_steps * run.batch_size * info.world_size / elapsed,
-                    "step_time_s": elapsed / interval_steps,
-                    "epoch": step // stream.batches_per_epoch,
-                }
+    # The loop runs every compile, backward's included: key their caches to this process's vector ISA.
+    with caches_keyed_to_isa():
+        try:
+            for step in range(start_step, end_step):
+                batch = next(batches)
+                clips = batch[0].to(info.device, non_blocking=True)
+                masks = [(c.to(info.device, non_blocking=True), t.to(info.device, non_blocking=True)) for c, t in batch[1]]
+                lr, wd = apply_schedule(optimizer, step, optim_cfg, run.max_steps)
+                with autocast:
+                    targets = embed_targets(target_forward, clips)
+                    if sigreg is None:
+                        loss = train_module(clips, masks, targets)
+                    else:
+                        directions = sigreg.sample_directions(enc_cfg.embed_dim, step_generator(run.seed, step)).to(info.device, non_blocking=True)
+                        prediction_loss, sigreg_loss = train_module(clips, masks, targets, directions)
+                        loss = prediction_loss + sigreg_cfg.weight * sigreg_loss
+                        term_sums += torch.stack([prediction_loss.detach(), sigreg_loss.detach()])
+                loss.backward()
+                grad_norm = clip_gradients(params, optim_cfg.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                momentum = ema.update(step)
+                loss_guard.observe(loss, step)
                 if grad_norm is not None:
-                    record["grad_norm"] = float(grad_norm)
-                if sigreg is not None:
-                    # "loss" is the optimised total; these are its two terms (SIGReg unweighted).
-                    terms = all_reduce_mean(term_sums / interval_steps, info)
-                    record["loss_pred"], record["loss_sigreg"] = float(terms[0]), float(terms[1])
-                    term_sums.zero_()
-                metrics.write(record)
-                progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
-                last_loss = mean_loss
-                loss_sum.zero_()
-                interval_steps, interval_start = 0, time.perf_counter()
+                    grad_guard.observe(grad_norm, step)
+                loss_sum += loss.detach()
+                interval_steps += 1
+                done = step + 1
+                progress.update(1)
 
-            if done % run.checkpoint_every == 0 or done == end_step:
-                loss_guard.check("loss")
-                grad_guard.check("gradient norm")
-                _save(output_dir, cfg, jepa, target_encoder, optimizer, done, run, info)
-    finally:
-        progress.close()
-        metrics.close()
+                if done % run.log_every == 0 or done == end_step:
+                    loss_guard.check("loss")
+                    grad_guard.check("gradient norm")
+                    mean_loss = float(all_reduce_mean(loss_sum / interval_steps, info))
+                    elapsed = time.perf_counter() - interval_start
+                    record = {
+                        "step": done,
+                        "loss": mean_loss,
+                        "lr": lr,
+                        "wd": wd,
+                        "ema_momentum": momentum,
+                        "clips_per_s": interval_steps * run.batch_size * info.world_size / elapsed,
+                        "step_time_s": elapsed / interval_steps,
+                        "epoch": step // stream.batches_per_epoch,
+                    }
+                    if grad_norm is not None:
+                        record["grad_norm"] = float(grad_norm)
+                    if sigreg is not None:
+                        # "loss" is the optimised total; these are its two terms (SIGReg unweighted).
+                        terms = all_reduce_mean(term_sums / interval_steps, info)
+                        record["loss_pred"], record["loss_sigreg"] = float(terms[0]), float(terms[1])
+                        term_sums.zero_()
+                    metrics.write(record)
+                    progress.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    last_loss = mean_loss
+                    loss_sum.zero_()
+                    interval_steps, interval_start = 0, time.perf_counter()
+
+                if done % run.checkpoint_every == 0 or done == end_step:
+                    loss_guard.check("loss")
+                    grad_guard.check("gradient norm")
+                    _save(output_dir, cfg, jepa, target_encoder, optimizer, done, run, info)
+        finally:
+            progress.close()
+            metrics.close()
     return PretrainResult(output_dir, end_step, last_loss, last_dir, jepa.encoder, target_encoder, jepa.predictor)
 
 
