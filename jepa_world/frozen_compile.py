@@ -11,7 +11,8 @@ batch symbolic it packs for oneDNN's product (MKL's packed form needs a fixed ba
 against eager (docs/speed.md, "fourteenth session").
 
 Code traced into the folded graph can ask ``weights_folded()``: inductor fuses a packed product's bias and a
-following GELU into oneDNN's call only when the bias stays in the ``linear`` (``layers.Mlp``). The graph's
+following GELU into oneDNN's call only when the bias stays in the ``linear`` (``layers.Mlp``), which pays with
+AVX-512 code only (``gelu_in_folded_product()``). The graph's
 launcher is C++ (inductor's ``cpp_wrapper``), not Python: 1.015-1.033x on two threads and 1.025x on one at
 issue #14's configuration, for about 12 s more compile ("fifteenth session").
 """
@@ -23,10 +24,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 from torch._inductor import config as inductor_config
+from torch._inductor.cpu_vec_isa import pick_vec_isa
 
 from jepa_world.compile_cache import caches_keyed_to_isa
 
 _folding = False  # True while a FrozenWeightsCompile graph is traced or run; dynamo guards on it
+_gelu_post_op = False  # set with _folding: whether oneDNN's product should take an MLP's bias and GELU
 
 
 def weights_folded() -> bool:
@@ -34,6 +37,15 @@ def weights_folded() -> bool:
     are folded in when grad is off. Dynamo reads it as a constant and guards on it, so each graph keeps the
     choice it was traced with."""
     return _folding
+
+
+def gelu_in_folded_product() -> bool:
+    """Whether an MLP's first product, in a graph that folds the weights, takes its bias and GELU as oneDNN
+    post-ops. Only where inductor writes AVX-512 code: 1.04x there at issue #14's configuration (AMD EPYC),
+    while with AVX2 code (``ATEN_CPU_CAPABILITY=avx2``, same CPU) oneDNN's erf GELU ran slower than the GELU
+    inductor fuses itself, 0.95-0.98x (docs/speed.md, "sixteenth session"). Read while tracing, like
+    ``weights_folded``."""
+    return _gelu_post_op
 
 
 class FrozenWeightsCompile:
@@ -71,13 +83,13 @@ class FrozenWeightsCompile:
         for index in self.dynamic_batch:
             if args[index] is not None:
                 torch._dynamo.maybe_mark_dynamic(args[index], 0)
-        global _folding
-        _folding = True
+        global _folding, _gelu_post_op
+        _folding, _gelu_post_op = True, "avx512" in str(pick_vec_isa())
         try:
             with inductor_config.patch(self.inductor_settings), caches_keyed_to_isa():
                 return self._compiled(*args)
         finally:
-            _folding = False
+            _folding = _gelu_post_op = False
 
     def _weight_versions(self) -> tuple[int, ...]:
         return tuple(tensor._version for _, _, tensor in self._weights)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from jepa_world.frozen_compile import weights_folded
+from jepa_world.frozen_compile import gelu_in_folded_product, weights_folded
 from jepa_world.models.rope import RopeTables, apply_rope
 
 LAYER_NORM_EPS = 1e-6
@@ -58,7 +58,7 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         # folded, fc1's bias and exact GELU run inside oneDNN's product: 1.011-1.020x per rollout (docs/speed.md)
-        return linear(self.fc2, self.act(linear(self.fc1, x, bias_in_folded_product=True)))
+        return linear(self.fc2, self.act(linear(self.fc1, x, bias_in_folded_product=gelu_in_folded_product())))
 
 
 class Attention(nn.Module):
