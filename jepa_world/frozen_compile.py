@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch._inductor import config as inductor_config
 from torch._inductor.cpu_vec_isa import pick_vec_isa
 
-from jepa_world.compile_cache import caches_keyed_to_isa
+from jepa_world.compile_cache import compile_keyed_to_isa
 
 _folding = False  # True while a FrozenWeightsCompile graph is traced or run; dynamo guards on it
 _gelu_post_op = False  # set with _folding: whether oneDNN's product should take an MLP's bias and GELU
@@ -71,7 +71,7 @@ class FrozenWeightsCompile:
 
     def __call__(self, *args: Tensor | None) -> Tensor:
         if self._compiled is None or (not torch.is_grad_enabled() and self._weights_changed()):
-            self._compiled = torch.compile(_fresh_copy(self.method))
+            self._compiled = compile_keyed_to_isa(_fresh_copy(self.method))
             self._weights = [
                 (slots, name, tensor)
                 for owner in self.module.modules()
@@ -86,7 +86,7 @@ class FrozenWeightsCompile:
         global _folding, _gelu_post_op
         _folding, _gelu_post_op = True, "avx512" in str(pick_vec_isa())
         try:
-            with inductor_config.patch(self.inductor_settings), caches_keyed_to_isa():
+            with inductor_config.patch(self.inductor_settings):
                 return self._compiled(*args)
         finally:
             _folding = _gelu_post_op = False
