@@ -218,7 +218,8 @@ class Dynamics(nn.Module):
         On CPU, chunks with products of at least ``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH`` run a second graph, with the
         weights folded in (``FrozenWeightsCompile``): 1.09x (one thread) to 1.16x (two) at that configuration
         ("fourteenth session"), and 1.03x more with each MLP's bias and GELU inside oneDNN's product and a C++
-        launcher ("fifteenth session"); it compiles again after the weights change (training, loading). The other
+        launcher ("fifteenth session"), and 1.02x more with queries and keys in the half-split channel order that makes
+        RoPE's pair swap contiguous (``qk_half_split``, "seventeenth session"); it compiles again after the weights change (training, loading). The other
         graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
         first call compiles (about 40 s at that configuration, 4 s for the shipped model).
         """
@@ -236,10 +237,11 @@ class Dynamics(nn.Module):
     def _build_rope_tables(self, context: int, horizon: int, device: torch.device) -> None:
         """Build, outside the compiled graph, the predictor's RoPE tables that ``_cached_rollout``'s steps read:
         built inside it, a table would be traced in and its new cache entry would force a second compile."""
-        if context > 1:
-            self.predictor.rope_for_steps(0, context - 1, device)
-        for step in range(context - 1, context - 1 + horizon):
-            self.predictor.rope_for_steps(step, 1, device)
+        for half_split in (False, True):  # the graph with folded weights reads them in half-split order
+            if context > 1:
+                self.predictor.rope_for_steps(0, context - 1, device, half_split)
+            for step in range(context - 1, context - 1 + horizon):
+                self.predictor.rope_for_steps(step, 1, device, half_split)
 
     def rollout_chunk_for(self, device: torch.device, use_kv_cache: bool) -> int:
         """Samples per rollout chunk (0: all at once): ``config.rollout_chunk`` when set; otherwise, for the

@@ -15,6 +15,7 @@ from jepa_world.evaluation import configure_speed
 from jepa_world.latent_encoder import LatentConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
 from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention
+from jepa_world.models.rope import grid_positions, half_split_order, rope_tables
 from jepa_world.models.vit import build_encoder
 from jepa_world.world_model import WorldModel
 from planners import make_planner
@@ -223,6 +224,26 @@ def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
         assert torch.equal(dynamics.rollout(z0, state0, actions), full)  # the default changes nothing
         configure_speed(world_model, "bf16")
         assert not torch.equal(dynamics.rollout(z0, state0, actions), full)
+
+
+def test_half_split_queries_and_keys_give_the_same_attention() -> None:
+    """The folded rollout's channel order (``qk_half_split``): queries and keys reordered per head, values not, the
+    attention output unchanged; tables in the other order are refused."""
+    torch.manual_seed(0)
+    attention = Attention(dim=32, num_heads=2).eval()
+    x = torch.randn(3, 5, 32)
+    tables = rope_tables(grid_positions(5, 1, 1), head_dim=16)
+    order = half_split_order(16)
+    with torch.no_grad():
+        q, k, v = attention.project_qkv(x, tables)
+        q_split, k_split, v_split = attention.project_qkv(x, tables.in_half_split_order(), qk_half_split=True)
+        torch.testing.assert_close(q_split, q[..., order], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(k_split, k[..., order], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(v_split, v, atol=0, rtol=0)
+        torch.testing.assert_close(attention.attend(q_split, k_split, v_split), attention.attend(q, k, v),
+                                   atol=1e-6, rtol=1e-6)
+        with pytest.raises(ValueError, match="half_split=False .* qk_half_split=True"):
+            attention.project_qkv(x, tables, qk_half_split=True)
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -3,7 +3,8 @@ import math
 import pytest
 import torch
 
-from jepa_world.models.rope import apply_rope, axis_segment_width, grid_positions, positions_from_ids, rope_tables
+from jepa_world.models.rope import (
+    apply_rope, axis_segment_width, grid_positions, half_split_order, positions_from_ids, rope_tables)
 
 torch.set_num_threads(1)  # tiny ops: OpenMP sync costs dominate on the shared 2-core box
 
@@ -40,6 +41,22 @@ def test_rotation_matches_hand_computation(layout):
         expected = torch.tensor(rotate_by_hand(x[0, 0, n].tolist(), tuple(pos), layout))
         torch.testing.assert_close(got[n], expected.float(), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[:, 12:], x[0, 0, :, 12:].float())  # tail untouched
+
+
+@pytest.mark.parametrize("layout", ["official", "interleaved"])
+def test_half_split_order_rotates_the_same_channels(layout):
+    """Queries in half-split order rotated by tables in that order are the rotated queries, reordered."""
+    head_dim = 16
+    torch.manual_seed(0)
+    positions = torch.tensor([[0, 0, 0], [1, 2, 3], [3, 0, 5], [7, 6, 1]])
+    tables = rope_tables(positions, head_dim, layout)
+    order = half_split_order(head_dim)
+    assert order.tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15]
+    x = torch.randn(2, 3, 4, head_dim)
+    half_split = tables.in_half_split_order()
+    assert half_split.half_split and half_split.rows(slice(1, 3)).half_split
+    torch.testing.assert_close(apply_rope(x[..., order], half_split), apply_rope(x, tables)[..., order],
+                               atol=0, rtol=0)
 
 
 def attention_logits(q, k, positions, layout):

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from jepa_world.frozen_compile import weights_folded
 from jepa_world.models.layers import (
     LAYER_NORM_EPS,
     Block,
@@ -179,7 +180,7 @@ class ACPredictor(nn.Module):
         self._decode_autocast: torch.dtype | None = None  # set by autocast_decoding
         # RoPE tables by (first step, steps, device): a rollout asks for the same few at every step of
         # every planning iteration, and building one costs ~0.24 ms, a tenth of a small model's step.
-        self._rope_tables: dict[tuple[int, int, torch.device], RopeTables | None] = {}
+        self._rope_tables: dict[tuple[int, int, torch.device, bool], RopeTables | None] = {}
 
     @property
     def head_dim(self) -> int:
@@ -199,15 +200,18 @@ class ACPredictor(nn.Module):
         axis_mask[: c.cond_tokens, 1:] = False  # action/state tokens: time only
         return positions, axis_mask
 
-    def rope_for_steps(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables | None:
-        """RoPE tables for steps ``first_step .. first_step + num_steps - 1`` -> (1, 1, num_steps*n, hd).
+    def rope_for_steps(self, first_step: int, num_steps: int, device: torch.device,
+                       half_split: bool = False) -> RopeTables | None:
+        """RoPE tables for steps ``first_step .. first_step + num_steps - 1`` -> (1, 1, num_steps*n, hd), for
+        queries and keys in ``half_split_order`` if ``half_split``.
 
         None where every position is 0 (step 0 of a one-token frame: the planner's first step): the
         rotation is then exactly the identity (cos 1, sin 0), and skipping it saves a third of a small
         model's per-step operations."""
-        key = (first_step, num_steps, torch.device(device))
+        key = (first_step, num_steps, torch.device(device), half_split)
         if key not in self._rope_tables:
-            self._rope_tables[key] = self._step_rope_tables(first_step, num_steps, device)
+            tables = self._step_rope_tables(first_step, num_steps, device)
+            self._rope_tables[key] = tables.in_half_split_order() if tables and half_split else tables
         return self._rope_tables[key]
 
     def _step_rope_tables(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables | None:
@@ -309,7 +313,7 @@ class ACPredictor(nn.Module):
         start, end = cache.length, cache.length + n_new
         if end > cache.capacity:
             raise ValueError(f"KV cache holds {cache.capacity} tokens, {end} needed; allocate more steps")
-        rope = self.rope_for_steps(cache.steps, num_steps, z.device)
+        rope = self.rope_for_steps(cache.steps, num_steps, z.device, half_split=qk_half_split())
         mask = None
         if num_steps > 1:  # new steps see all cached tokens plus earlier/same new steps
             causal = self.block_causal_mask(num_steps, z.device)
@@ -338,11 +342,12 @@ class ACPredictor(nn.Module):
             return self.project_frames(x, z)
         last = len(self.predictor_blocks) - 1
         shared_from = self._first_shared_token(z, states)
+        half_split = qk_half_split()
         for layer, (block, k_buf, v_buf) in enumerate(zip(self.predictor_blocks, keys, values)):
             if layer == 0 and shared_from is not None:
-                q, k, v = project_qkv_partly_shared(block, x, rope, shared_from)
+                q, k, v = project_qkv_partly_shared(block, x, rope, shared_from, half_split)
             else:
-                q, k, v = block.attn.project_qkv(block.norm1(x), rope)  # (B, H, n_new, hd)
+                q, k, v = block.attn.project_qkv(block.norm1(x), rope, half_split)  # (B, H, n_new, hd)
             k_buf[:, :, start:end] = k
             v_buf[:, :, start:end] = v
             if layer == last:  # only the frame tokens' outputs are read out: the last layer skips the
@@ -389,17 +394,25 @@ class ACPredictor(nn.Module):
         self._decode_autocast = dtype
 
 
+def qk_half_split() -> bool:
+    """Whether the cached decoding keeps queries and keys in ``half_split_order``: in a graph with folded weights,
+    which reorders the projection's rows once, at compile time. 1.02x per rollout at issue #14's configuration
+    (AMD EPYC, AVX-512 and AVX2 code; docs/speed.md, "seventeenth session"). Read while tracing."""
+    return weights_folded()
+
+
 def cpu_multiplies_bf16() -> bool:
     """Whether this CPU has bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast pays."""
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-def project_qkv_partly_shared(block: Block, x: Tensor, rope: RopeTables | None,
-                              shared_from: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``block.attn.project_qkv(block.norm1(x), rope)`` for (B, n, D) tokens whose tokens from ``shared_from`` on
-    are the same in every sample: those are normed, projected and rotated at batch 1, then broadcast."""
+def project_qkv_partly_shared(block: Block, x: Tensor, rope: RopeTables | None, shared_from: int,
+                              qk_half_split: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """``block.attn.project_qkv(block.norm1(x), rope, qk_half_split)`` for (B, n, D) tokens whose tokens from
+    ``shared_from`` on are the same in every sample: those are normed, projected and rotated at batch 1, then
+    broadcast."""
     def project(rows: Tensor, tokens: slice) -> tuple[Tensor, Tensor, Tensor]:
-        return block.attn.project_qkv(block.norm1(rows), None if rope is None else rope.rows(tokens))
+        return block.attn.project_qkv(block.norm1(rows), None if rope is None else rope.rows(tokens), qk_half_split)
 
     own = project(x[:, :shared_from], slice(None, shared_from))  # (B, H, shared_from, hd) each
     common = project(x[:1, shared_from:], slice(shared_from, None))  # (1, H, n - shared_from, hd) each

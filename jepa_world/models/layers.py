@@ -5,6 +5,8 @@ Parameter names follow V-JEPA 2's release (``norm1``, ``attn.qkv``, ``attn.proj`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -27,10 +29,11 @@ SHORT_ATTENTION_KEYS = 64
 SINGLE_QUERY_SUM_KEYS = 8
 
 
-def linear(layer: nn.Linear, x: Tensor, outputs: slice | None = None,
+def linear(layer: nn.Linear, x: Tensor, outputs: slice | Callable[[Tensor], Tensor] | None = None,
            bias_in_folded_product: bool = False) -> Tensor:
-    """``layer(x)``, or only its output features ``outputs``; under torch.compile the bias is added as its own
-    elementwise op, except with ``bias_in_folded_product`` in a graph with folded weights.
+    """``layer(x)``, or only its output features ``outputs`` (a slice, or a function that selects or reorders
+    the weight's and the bias's rows); under torch.compile the bias is added as its own elementwise op, except
+    with ``bias_in_folded_product`` in a graph with folded weights.
 
     Traced as one ``addmm``, a CPU linear first copies the bias into every output row and then accumulates
     the product onto it; inductor unfuses that only on GPUs. A plain matmul plus an add lets inductor fold
@@ -42,7 +45,8 @@ def linear(layer: nn.Linear, x: Tensor, outputs: slice | None = None,
         return layer(x)
     weight, bias = layer.weight, layer.bias
     if outputs is not None:
-        weight, bias = weight[outputs], None if bias is None else bias[outputs]
+        pick = outputs if callable(outputs) else lambda rows: rows[outputs]
+        weight, bias = pick(weight), None if bias is None else pick(bias)
     if bias is None or not split_bias:
         return F.linear(x, weight, bias)
     out = F.linear(x, weight)
@@ -77,9 +81,16 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
 
-    def project_qkv(self, x: Tensor, rope: RopeTables | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    def project_qkv(self, x: Tensor, rope: RopeTables | None = None,
+                    qk_half_split: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, N, D) -> q, k, v, each (B, H, N, hd); with ``qk_half_split`` each head's query and key channels come
+        in ``half_split_order`` (models/rope.py; scores unchanged; ``rope``, if any, must be ``in_half_split_order``)."""
         batch, n_tokens, _ = x.shape
-        qkv = linear(self.qkv, x).reshape(batch, n_tokens, 3, self.num_heads, self.head_dim)
+        if rope is not None and rope.half_split != qk_half_split:
+            raise ValueError(f"RoPE tables with half_split={rope.half_split} for queries and keys with "
+                             f"qk_half_split={qk_half_split}: the channel orders must match")
+        reorder = self.qk_rows_half_split if qk_half_split else None
+        qkv = linear(self.qkv, x, outputs=reorder).reshape(batch, n_tokens, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # (3, B, H, N, hd)
         if rope is None:
             return qkv.unbind(0)
@@ -87,6 +98,13 @@ class Attention(nn.Module):
         # (0.3 of 4.6 ms per eager encode of the shipped reach model's 64-token ViT).
         q, k = apply_rope(qkv[:2], rope).unbind(0)
         return q, k, qkv[2]
+
+    def qk_rows_half_split(self, rows: Tensor) -> Tensor:
+        """The qkv projection's weight or bias rows (3 * D, ...) with each head's query and key rows in
+        ``half_split_order``. Views and one ``cat``: in a graph with folded weights inductor computes it once."""
+        parts = rows.unflatten(0, (3, self.num_heads, self.head_dim // 2, 2))  # (3, H, hd/2, 2, ...)
+        qk = parts[:2].transpose(2, 3).flatten(2, 3)  # (2, H, hd, ...): each pair's first elements, then seconds
+        return torch.cat([qk, parts[2:].flatten(2, 3)]).flatten(0, 2)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         if attn_mask is None and k.shape[-2] == 1:

@@ -28,10 +28,16 @@ ROPE_LAYOUTS: tuple[str, ...] = ("official", "interleaved")
 class RopeTables(NamedTuple):
     cos: Tensor  # (B or 1, 1, N, head_dim)
     sin: Tensor  # (B or 1, 1, N, head_dim)
+    half_split: bool = False  # channels in ``half_split_order``, for queries and keys projected in that order
 
     def rows(self, tokens: slice) -> RopeTables:
         """The tables of the tokens ``tokens`` (a slice along N)."""
-        return RopeTables(self.cos[:, :, tokens], self.sin[:, :, tokens])
+        return RopeTables(self.cos[:, :, tokens], self.sin[:, :, tokens], self.half_split)
+
+    def in_half_split_order(self) -> RopeTables:
+        """These tables for queries and keys whose channels are in ``half_split_order``."""
+        order = half_split_order(self.cos.shape[-1], self.cos.device)
+        return RopeTables(self.cos[..., order], self.sin[..., order], half_split=True)
 
 
 def axis_segment_width(head_dim: int) -> int:
@@ -95,6 +101,21 @@ def rope_tables(
     return RopeTables(cos.unsqueeze(1), sin.unsqueeze(1))  # (B, 1, N, head_dim)
 
 
+def half_split_order(head_dim: int, device=None) -> Tensor:
+    """A head's channels with each rotated pair's first elements first: (0, 2, 4, ..., 1, 3, 5, ...).
+
+    Queries and keys both in this order give the same attention scores (a dot product does not see a
+    permutation shared by its operands), and the pair swap of RoPE becomes a swap of two contiguous halves,
+    which inductor vectorises; the adjacent-pair swap it writes as scalar stride-2 loops."""
+    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)]).to(device)
+
+
+def rotate_halves(x: Tensor) -> Tensor:
+    """``rotate_pairs`` in ``half_split_order``: (a, b) -> (-b, a) for the two halves a, b."""
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
 def rotate_pairs(x: Tensor) -> Tensor:
     """(x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
     pairs = x.unflatten(-1, (-1, 2))
@@ -103,8 +124,9 @@ def rotate_pairs(x: Tensor) -> Tensor:
 
 def apply_rope(x: Tensor, tables: RopeTables) -> Tensor:
     """Rotate queries or keys. x: (..., B, H, N, head_dim), e.g. queries and keys stacked as (2, B, H, N, head_dim);
-    tables follow x's dtype (bf16/fp16 runs)."""
-    return x * tables.cos.to(x.dtype) + rotate_pairs(x) * tables.sin.to(x.dtype)
+    tables follow x's dtype (bf16/fp16 runs). Tables ``in_half_split_order`` rotate x's channels in that order."""
+    rotated = rotate_halves(x) if tables.half_split else rotate_pairs(x)
+    return x * tables.cos.to(x.dtype) + rotated * tables.sin.to(x.dtype)
 
 
 def grid_positions(t: int, h: int, w: int, device=None) -> Tensor:
