@@ -217,10 +217,10 @@ class Dynamics(nn.Module):
 
         On CPU, chunks with products of at least ``FOLD_WEIGHTS_MIN_ROWS_X_WIDTH`` run a second graph, with the
         weights folded in (``FrozenWeightsCompile``): 1.09x (one thread) to 1.16x (two) at that configuration
-        ("fourteenth session"), and 1.03x more with each MLP's bias and GELU inside oneDNN's product and a C++
-        launcher ("fifteenth session"), and 1.02x more with queries and keys in the half-split channel order that makes
-        RoPE's pair swap contiguous (``qk_half_split``, "seventeenth session"); it compiles again after the weights change (training, loading). The other
-        graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
+        ("fourteenth session"), 1.03x more with each MLP's bias and GELU inside oneDNN's product and a C++
+        launcher ("fifteenth session"), and 1.02x more with queries and keys in the half-split channel order,
+        where RoPE's pair swap is contiguous (``qk_half_split``, "seventeenth session"). It compiles again after
+        the weights change (training, loading). The other graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
         first call compiles (about 40 s at that configuration, 4 s for the shipped model).
         """
         self._compiled_rollout = compile_keyed_to_isa(self._cached_rollout)
