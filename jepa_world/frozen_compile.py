@@ -12,7 +12,9 @@ against eager (docs/speed.md, "fourteenth session").
 
 Code traced into the folded graph can ask ``weights_folded()``: inductor fuses a packed product's bias and a
 following GELU into oneDNN's call only when the bias stays in the ``linear`` (``layers.Mlp``), which pays with
-AVX-512 code only (``gelu_in_folded_product()``). The graph's
+AVX-512 code only (``gelu_in_folded_product()``; with AVX2 code the MLP computes its GELU with a rational erf),
+and the attention keeps queries and keys in a channel order whose reordered projection is computed once
+(``ac_predictor.qk_half_split``). The graph's
 launcher is C++ (inductor's ``cpp_wrapper``), not Python: 1.015-1.033x on two threads and 1.025x on one at
 issue #14's configuration, for about 12 s more compile ("fifteenth session").
 """
@@ -43,7 +45,8 @@ def gelu_in_folded_product() -> bool:
     """Whether an MLP's first product, in a graph that folds the weights, takes its bias and GELU as oneDNN
     post-ops. Only where inductor writes AVX-512 code: 1.04x there at issue #14's configuration (AMD EPYC),
     while with AVX2 code (``ATEN_CPU_CAPABILITY=avx2``, same CPU) oneDNN's erf GELU ran slower than the GELU
-    inductor fuses itself, 0.95-0.98x (docs/speed.md, "sixteenth session"). Read while tracing, like
+    inductor fuses itself, 0.95-0.98x (docs/speed.md, "sixteenth session"), and the MLP's rational erf
+    (``layers.gelu_rational_erf``) faster, 1.02-1.03x ("seventeenth session"). Read while tracing, like
     ``weights_folded``."""
     return _gelu_post_op
 

@@ -14,7 +14,8 @@ from jepa_world.dynamics import Dynamics, DynamicsConfig
 from jepa_world.evaluation import configure_speed
 from jepa_world.latent_encoder import LatentConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
-from jepa_world.models.layers import SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention
+from jepa_world.models.layers import (
+    SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention, gelu_rational_erf)
 from jepa_world.models.rope import grid_positions, half_split_order, rope_tables
 from jepa_world.models.vit import build_encoder
 from jepa_world.world_model import WorldModel
@@ -112,10 +113,13 @@ def test_compiled_rollout_packs_folded_weights_for_large_cpu_products_only(min_r
     dynamics = small_dynamics()
     dynamics.config.rollout_chunk = CHUNK
     z0, state0, context_actions = shared_context()
-    dynamics.compile_rollout()
-    counters["inductor"].clear()
+    actions = torch.randn(CHUNK, 3, 3)
     with torch.no_grad():
-        dynamics.rollout(z0, state0, torch.randn(CHUNK, 3, 3), context_actions=context_actions)
+        eager = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
+        dynamics.compile_rollout()
+        counters["inductor"].clear()
+        compiled = dynamics.rollout(z0, state0, actions, context_actions=context_actions)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)  # with AVX2 code: the MLP's rational erf
     packed = counters["inductor"]["mkldnn_linear_weight_pack_matcher_count"]
     gelu_fused = counters["inductor"]["mkldnn_unary_fusion_matcher_count"]
     if min_rows_x_width == 0:
@@ -224,6 +228,20 @@ def test_plan_and_evaluate_configs_reach_the_speed_paths() -> None:
         assert torch.equal(dynamics.rollout(z0, state0, actions), full)  # the default changes nothing
         configure_speed(world_model, "bf16")
         assert not torch.equal(dynamics.rollout(z0, state0, actions), full)
+
+
+def test_rational_erf_gelu_is_as_close_to_the_exact_gelu_as_torchs() -> None:
+    """``gelu_rational_erf``, the folded MLP's GELU with AVX2 code: within fp32 GELU's own error of the fp64 GELU,
+    finite for any finite input, and 0 / x where GELU saturates."""
+    x = torch.cat([torch.linspace(-30, 30, 600_001), torch.tensor([-3e38, -1e4, 0.0, 1e4, 3e38])])
+    exact = F.gelu(x.double())
+    got = gelu_rational_erf(x).double()
+    assert torch.isfinite(got).all()
+    error = (got - exact).abs() / exact.abs().clamp_min(1)
+    torch_error = (F.gelu(x).double() - exact).abs() / exact.abs().clamp_min(1)
+    assert error.max() <= 1.05 * torch_error.max()
+    assert error.max() < 1.2e-6
+    assert (got[x < -8].abs() < 5e-7).all() and torch.equal(got[x > 8], x[x > 8].double())
 
 
 def test_half_split_queries_and_keys_give_the_same_attention() -> None:
