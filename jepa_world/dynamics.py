@@ -219,9 +219,10 @@ class Dynamics(nn.Module):
         weights folded in (``FrozenWeightsCompile``): 1.09x (one thread) to 1.16x (two) at that configuration
         ("fourteenth session"), 1.03x more with each MLP's bias and GELU inside oneDNN's product and a C++
         launcher ("fifteenth session"), and 1.02x more with queries and keys in the half-split channel order,
-        where RoPE's pair swap is contiguous (``qk_half_split``, "seventeenth session"). It compiles again after
-        the weights change (training, loading). The other graph keeps the weights as inputs. Each (horizon, context length) compiles once per graph; the
-        first call compiles (about 40 s at that configuration, 4 s for the shipped model).
+        where RoPE's pair swap is contiguous (``half_split_decoding``, "seventeenth session"). It compiles again after
+        the weights change (training, loading). The other graph keeps the weights as inputs. Each (horizon,
+        context length) compiles once per graph; the first call compiles (about 40 s at that configuration, 4 s for
+        the shipped model).
         """
         self._compiled_rollout = compile_keyed_to_isa(self._cached_rollout)
         self._folded_rollout = FrozenWeightsCompile(self._cached_rollout, self, dynamic_batch=(0, 1, 2, 3))

@@ -14,7 +14,7 @@ Code traced into the folded graph can ask ``weights_folded()``: inductor fuses a
 following GELU into oneDNN's call only when the bias stays in the ``linear`` (``layers.Mlp``), which pays with
 AVX-512 code only (``gelu_in_folded_product()``; with AVX2 code the MLP computes its GELU with a rational erf),
 and the attention keeps queries and keys in a channel order whose reordered projection is computed once
-(``ac_predictor.qk_half_split``). The graph's
+(``ac_predictor.half_split_decoding``). The graph's
 launcher is C++ (inductor's ``cpp_wrapper``), not Python: 1.015-1.033x on two threads and 1.025x on one at
 issue #14's configuration, for about 12 s more compile ("fifteenth session").
 """

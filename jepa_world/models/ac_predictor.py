@@ -211,7 +211,7 @@ class ACPredictor(nn.Module):
         key = (first_step, num_steps, torch.device(device), half_split)
         if key not in self._rope_tables:
             tables = self._step_rope_tables(first_step, num_steps, device)
-            self._rope_tables[key] = tables.in_half_split_order() if tables and half_split else tables
+            self._rope_tables[key] = tables.in_half_split_order() if tables is not None and half_split else tables
         return self._rope_tables[key]
 
     def _step_rope_tables(self, first_step: int, num_steps: int, device: torch.device) -> RopeTables | None:
@@ -313,7 +313,7 @@ class ACPredictor(nn.Module):
         start, end = cache.length, cache.length + n_new
         if end > cache.capacity:
             raise ValueError(f"KV cache holds {cache.capacity} tokens, {end} needed; allocate more steps")
-        rope = self.rope_for_steps(cache.steps, num_steps, z.device, half_split=qk_half_split())
+        rope = self.rope_for_steps(cache.steps, num_steps, z.device, half_split=half_split_decoding())
         mask = None
         if num_steps > 1:  # new steps see all cached tokens plus earlier/same new steps
             causal = self.block_causal_mask(num_steps, z.device)
@@ -342,7 +342,7 @@ class ACPredictor(nn.Module):
             return self.project_frames(x, z)
         last = len(self.predictor_blocks) - 1
         shared_from = self._first_shared_token(z, states)
-        half_split = qk_half_split()
+        half_split = half_split_decoding()
         for layer, (block, k_buf, v_buf) in enumerate(zip(self.predictor_blocks, keys, values)):
             if layer == 0 and shared_from is not None:
                 q, k, v = project_qkv_partly_shared(block, x, rope, shared_from, half_split)
@@ -394,7 +394,7 @@ class ACPredictor(nn.Module):
         self._decode_autocast = dtype
 
 
-def qk_half_split() -> bool:
+def half_split_decoding() -> bool:
     """Whether the cached decoding keeps queries and keys in ``half_split_order``: in a graph with folded weights,
     which reorders the projection's rows once, at compile time. 1.02x per rollout at issue #14's configuration
     (AMD EPYC, AVX-512 and AVX2 code; docs/speed.md, "seventeenth session"). Read while tracing."""
@@ -412,7 +412,8 @@ def project_qkv_partly_shared(block: Block, x: Tensor, rope: RopeTables | None, 
     ``shared_from`` on are the same in every sample: those are normed, projected and rotated at batch 1, then
     broadcast."""
     def project(rows: Tensor, tokens: slice) -> tuple[Tensor, Tensor, Tensor]:
-        return block.attn.project_qkv(block.norm1(rows), None if rope is None else rope.rows(tokens), qk_half_split)
+        tables = None if rope is None else rope.rows(tokens)
+        return block.attn.project_qkv(block.norm1(rows), tables, qk_half_split)
 
     own = project(x[:, :shared_from], slice(None, shared_from))  # (B, H, shared_from, hd) each
     common = project(x[:1, shared_from:], slice(shared_from, None))  # (1, H, n - shared_from, hd) each

@@ -109,8 +109,8 @@ class Attention(nn.Module):
 
     def project_qkv(self, x: Tensor, rope: RopeTables | None = None,
                     qk_half_split: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, N, D) -> q, k, v, each (B, H, N, hd); with ``qk_half_split`` each head's query and key channels come
-        in ``half_split_order`` (models/rope.py; scores unchanged; ``rope``, if any, must be ``in_half_split_order``)."""
+        """(B, N, D) -> q, k, v, each (B, H, N, hd). With ``qk_half_split`` each head's query and key channels come in
+        ``models.rope.half_split_order`` (scores unchanged), and ``rope``, if given, must be ``in_half_split_order``."""
         batch, n_tokens, _ = x.shape
         if rope is not None and rope.half_split != qk_half_split:
             raise ValueError(f"RoPE tables with half_split={rope.half_split} for queries and keys with "
