@@ -197,8 +197,9 @@ class Dynamics(nn.Module):
         elif self._compiled_rollout is None:
             run = self._cached_rollout
         else:
-            self._build_rope_tables(z0.shape[1], actions.shape[1], actions.device)
             run = self._compiled_for(min(samples, chunk or samples), actions.device)
+            # the graph with folded weights reads them in half-split order (``half_split_decoding``)
+            self._build_rope_tables(z0.shape[1], actions.shape[1], actions.device, run is self._folded_rollout)
         if chunk and samples > chunk:
             pieces = []
             for start in range(0, samples, chunk):
@@ -235,14 +236,13 @@ class Dynamics(nn.Module):
             return self._folded_rollout
         return self._compiled_rollout
 
-    def _build_rope_tables(self, context: int, horizon: int, device: torch.device) -> None:
+    def _build_rope_tables(self, context: int, horizon: int, device: torch.device, half_split: bool) -> None:
         """Build, outside the compiled graph, the predictor's RoPE tables that ``_cached_rollout``'s steps read:
         built inside it, a table would be traced in and its new cache entry would force a second compile."""
-        for half_split in (False, True):  # the graph with folded weights reads them in half-split order
-            if context > 1:
-                self.predictor.rope_for_steps(0, context - 1, device, half_split)
-            for step in range(context - 1, context - 1 + horizon):
-                self.predictor.rope_for_steps(step, 1, device, half_split)
+        if context > 1:
+            self.predictor.rope_for_steps(0, context - 1, device, half_split)
+        for step in range(context - 1, context - 1 + horizon):
+            self.predictor.rope_for_steps(step, 1, device, half_split)
 
     def rollout_chunk_for(self, device: torch.device, use_kv_cache: bool) -> int:
         """Samples per rollout chunk (0: all at once): ``config.rollout_chunk`` when set; otherwise, for the

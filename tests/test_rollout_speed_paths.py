@@ -16,7 +16,7 @@ from jepa_world.latent_encoder import LatentConfig
 from jepa_world.models.ac_predictor import ACPredictor, ACPredictorConfig
 from jepa_world.models.layers import (
     SHORT_ATTENTION_KEYS, SINGLE_QUERY_SUM_KEYS, Attention, Block, explicit_attention, gelu_rational_erf)
-from jepa_world.models.rope import grid_positions, half_split_order, rope_tables
+from jepa_world.models.rope import grid_positions, rope_tables, to_half_split
 from jepa_world.models.vit import build_encoder
 from jepa_world.world_model import WorldModel
 from planners import make_planner
@@ -251,7 +251,7 @@ def test_half_split_queries_and_keys_give_the_same_attention() -> None:
     attention = Attention(dim=32, num_heads=2).eval()
     x = torch.randn(3, 5, 32)
     tables = rope_tables(grid_positions(5, 1, 1), head_dim=16)
-    order = half_split_order(16)
+    order = to_half_split(torch.arange(16), 0)
     with torch.no_grad():
         q, k, v = attention.project_qkv(x, tables)
         q_split, k_split, v_split = attention.project_qkv(x, tables.in_half_split_order(), qk_half_split=True)

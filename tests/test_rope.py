@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from jepa_world.models.rope import (
-    apply_rope, axis_segment_width, grid_positions, half_split_order, positions_from_ids, rope_tables)
+    apply_rope, axis_segment_width, grid_positions, positions_from_ids, rope_tables, to_half_split)
 
 torch.set_num_threads(1)  # tiny ops: OpenMP sync costs dominate on the shared 2-core box
 
@@ -50,7 +50,7 @@ def test_half_split_order_rotates_the_same_channels(layout):
     torch.manual_seed(0)
     positions = torch.tensor([[0, 0, 0], [1, 2, 3], [3, 0, 5], [7, 6, 1]])
     tables = rope_tables(positions, head_dim, layout)
-    order = half_split_order(head_dim)
+    order = to_half_split(torch.arange(head_dim), 0)
     assert order.tolist() == [0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15]
     x = torch.randn(2, 3, 4, head_dim)
     half_split = tables.in_half_split_order()

@@ -203,7 +203,7 @@ class ACPredictor(nn.Module):
     def rope_for_steps(self, first_step: int, num_steps: int, device: torch.device,
                        half_split: bool = False) -> RopeTables | None:
         """RoPE tables for steps ``first_step .. first_step + num_steps - 1`` -> (1, 1, num_steps*n, hd), for
-        queries and keys in ``half_split_order`` if ``half_split``.
+        queries and keys in half-split order (``to_half_split``) if ``half_split``.
 
         None where every position is 0 (step 0 of a one-token frame: the planner's first step): the
         rotation is then exactly the identity (cos 1, sin 0), and skipping it saves a third of a small
@@ -395,7 +395,7 @@ class ACPredictor(nn.Module):
 
 
 def half_split_decoding() -> bool:
-    """Whether the cached decoding keeps queries and keys in ``half_split_order``: in a graph with folded weights,
+    """Whether the cached decoding keeps queries and keys in half-split order (``to_half_split``): in a graph with folded weights,
     which reorders the projection's rows once, at compile time. 1.02x per rollout at issue #14's configuration
     (AMD EPYC, AVX-512 and AVX2 code; docs/speed.md, "seventeenth session"). Read while tracing."""
     return weights_folded()

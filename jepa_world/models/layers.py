@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from jepa_world.frozen_compile import gelu_in_folded_product, weights_folded
-from jepa_world.models.rope import RopeTables, apply_rope
+from jepa_world.models.rope import RopeTables, apply_rope, to_half_split
 
 LAYER_NORM_EPS = 1e-6
 # Up to this many keys, CPU attention runs as explicit matmul + softmax wherever the CPU flash kernel of
@@ -110,7 +110,7 @@ class Attention(nn.Module):
     def project_qkv(self, x: Tensor, rope: RopeTables | None = None,
                     qk_half_split: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """(B, N, D) -> q, k, v, each (B, H, N, hd). With ``qk_half_split`` each head's query and key channels come in
-        ``models.rope.half_split_order`` (scores unchanged), and ``rope``, if given, must be ``in_half_split_order``."""
+        half-split order (``rope.to_half_split``; scores unchanged), and ``rope``, if given, must be in that order."""
         batch, n_tokens, _ = x.shape
         if rope is not None and rope.half_split != qk_half_split:
             raise ValueError(f"RoPE tables with half_split={rope.half_split} for queries and keys with "
@@ -126,11 +126,10 @@ class Attention(nn.Module):
         return q, k, qkv[2]
 
     def qk_rows_half_split(self, rows: Tensor) -> Tensor:
-        """The qkv projection's weight or bias rows (3 * D, ...) with each head's query and key rows in
-        ``half_split_order``. Views and one ``cat``: in a graph with folded weights inductor computes it once."""
-        parts = rows.unflatten(0, (3, self.num_heads, self.head_dim // 2, 2))  # (3, H, hd/2, 2, ...)
-        qk = parts[:2].transpose(2, 3).flatten(2, 3)  # (2, H, hd, ...): each pair's first elements, then seconds
-        return torch.cat([qk, parts[2:].flatten(2, 3)]).flatten(0, 2)
+        """The qkv projection's weight or bias rows (3 * D, ...) with each head's query and key rows in half-split
+        order (``to_half_split``); in a graph with folded weights inductor computes it once."""
+        parts = rows.unflatten(0, (3, self.num_heads, self.head_dim))  # (3, H, hd, ...)
+        return torch.cat([to_half_split(parts[:2], 2), parts[2:]]).flatten(0, 2)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         if attn_mask is None and k.shape[-2] == 1:

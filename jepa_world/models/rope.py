@@ -28,16 +28,15 @@ ROPE_LAYOUTS: tuple[str, ...] = ("official", "interleaved")
 class RopeTables(NamedTuple):
     cos: Tensor  # (B or 1, 1, N, head_dim)
     sin: Tensor  # (B or 1, 1, N, head_dim)
-    half_split: bool = False  # channels in ``half_split_order``, for queries and keys projected in that order
+    half_split: bool = False  # channels ``to_half_split``, for queries and keys projected in that order
 
     def rows(self, tokens: slice) -> RopeTables:
         """The tables of the tokens ``tokens`` (a slice along N)."""
         return RopeTables(self.cos[:, :, tokens], self.sin[:, :, tokens], self.half_split)
 
     def in_half_split_order(self) -> RopeTables:
-        """These tables for queries and keys whose channels are in ``half_split_order``."""
-        order = half_split_order(self.cos.shape[-1], self.cos.device)
-        return RopeTables(self.cos[..., order], self.sin[..., order], half_split=True)
+        """These tables for queries and keys whose channels are in half-split order (``to_half_split``)."""
+        return RopeTables(to_half_split(self.cos, -1), to_half_split(self.sin, -1), half_split=True)
 
 
 def axis_segment_width(head_dim: int) -> int:
@@ -101,17 +100,20 @@ def rope_tables(
     return RopeTables(cos.unsqueeze(1), sin.unsqueeze(1))  # (B, 1, N, head_dim)
 
 
-def half_split_order(head_dim: int, device=None) -> Tensor:
-    """A head's channels with each rotated pair's first elements first: (0, 2, 4, ..., 1, 3, 5, ...).
+def to_half_split(x: Tensor, dim: int) -> Tensor:
+    """``x`` with the channels along ``dim`` (one head's) in half-split order: each rotated pair's first elements,
+    then its second elements, (0, 2, 4, ..., 1, 3, 5, ...).
 
     Queries and keys both in this order give the same attention scores (a dot product does not see a
     permutation shared by its operands), and the pair swap of RoPE becomes a swap of two contiguous halves,
-    which inductor vectorises; the adjacent-pair swap it writes as scalar stride-2 loops."""
-    return torch.cat([torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)]).to(device)
+    which inductor vectorises; the adjacent-pair swap it writes as scalar stride-2 loops. Views and one copy, no
+    index tensor: applied to folded weights, inductor computes it once, at compile time."""
+    dim = dim % x.dim()
+    return x.unflatten(dim, (-1, 2)).transpose(dim, dim + 1).flatten(dim, dim + 1)
 
 
 def rotate_halves(x: Tensor) -> Tensor:
-    """``rotate_pairs`` in ``half_split_order``: (a, b) -> (-b, a) for the two halves a, b."""
+    """``rotate_pairs`` in half-split order (``to_half_split``): (a, b) -> (-b, a) for the two halves a, b."""
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
