@@ -352,7 +352,7 @@ def test_cached_rollout_traces_as_one_graph(conditioning: str, threads: int, dty
     z0, state0 = torch.randn(1, context, 4, 32), torch.randn(1, context, 4)
     context_actions, actions = torch.randn(1, context - 1, 3), torch.randn(5, horizon, 3)
     with torch.no_grad():
-        dynamics._build_rope_tables(context, horizon, z0.device)  # what rollout does before the compiled call
+        dynamics._build_rope_tables(context, horizon, z0.device, half_split=False)  # what rollout does first
         explanation = torch._dynamo.explain(dynamics._cached_rollout)(z0, state0, actions, context_actions)
     assert explanation.graph_break_count == 0, explanation.break_reasons
     assert explanation.graph_count == 1
